@@ -1,0 +1,1 @@
+//! Defaulting of fields users leave out, as upstream does it.

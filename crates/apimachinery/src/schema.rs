@@ -1,0 +1,235 @@
+//! OpenAPI schemas of the typed model. Definitions come from k8s-openapi's
+//! schemars impls; [`crate::patch_meta`] adds the patch strategy metadata
+//! the typed model does not carry. The same definitions serve `/openapi/v2`,
+//! `/openapi/v3`, strict field validation and strategic merge patch.
+
+use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+
+/// All built-in definitions, keyed by name (`io.k8s.api.core.v1.Pod`).
+pub fn definitions() -> &'static Map<String, Value> {
+    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
+    DEFS.get_or_init(build_definitions)
+}
+
+fn build_definitions() -> Map<String, Value> {
+    use k8s_openapi::api::{autoscaling::v1::Scale, policy::v1::Eviction};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Status, WatchEvent};
+    let mut settings = schemars::generate::SchemaSettings::openapi3();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    for r in crate::resource::builtins() {
+        if let Some(f) = r.schema_fn {
+            f(&mut generator);
+        }
+    }
+    generator.subschema_for::<Scale>();
+    generator.subschema_for::<Eviction>();
+    generator.subschema_for::<DeleteOptions>();
+    generator.subschema_for::<Status>();
+    let _ = std::marker::PhantomData::<WatchEvent<()>>;
+    let mut defs = generator.take_definitions(true);
+    for m in crate::patch_meta::ENTRIES {
+        let Some(prop) = defs
+            .get_mut(m.definition)
+            .and_then(|d| d.get_mut("properties"))
+            .and_then(|p| p.get_mut(m.field))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Some(s) = m.strategy {
+            prop.insert("x-kubernetes-patch-strategy".into(), json!(s));
+        }
+        if let Some(k) = m.merge_key {
+            prop.insert("x-kubernetes-patch-merge-key".into(), json!(k));
+        }
+        if let Some(t) = m.list_type {
+            prop.insert("x-kubernetes-list-type".into(), json!(t));
+        }
+        if !m.list_map_keys.is_empty() {
+            prop.insert("x-kubernetes-list-map-keys".into(), json!(m.list_map_keys));
+        }
+    }
+    defs
+}
+
+/// A position in a schema, with `$ref`s resolved against a definitions map.
+#[derive(Clone, Copy)]
+pub struct SchemaNode<'a> {
+    defs: &'a Map<String, Value>,
+    node: &'a Value,
+}
+
+impl<'a> SchemaNode<'a> {
+    /// The schema of a named definition.
+    pub fn definition(defs: &'a Map<String, Value>, name: &str) -> Option<Self> {
+        defs.get(name).map(|node| SchemaNode { defs, node })
+    }
+    /// A schema with no external definitions (a CRD's openAPIV3Schema).
+    pub fn inline(defs: &'a Map<String, Value>, node: &'a Value) -> Self {
+        SchemaNode { defs, node }.resolve()
+    }
+    fn resolve(self) -> Self {
+        let mut cur = self;
+        for _ in 0..16 {
+            let r = cur.node.get("$ref").and_then(Value::as_str).or_else(|| {
+                cur.node.get("allOf").and_then(Value::as_array).and_then(|a| {
+                    if a.len() == 1 {
+                        a[0].get("$ref").and_then(Value::as_str)
+                    } else {
+                        None
+                    }
+                })
+            });
+            let Some(r) = r else { break };
+            let name = r.rsplit('/').next().unwrap_or(r);
+            match cur.defs.get(name) {
+                Some(n) => cur = SchemaNode { defs: cur.defs, node: n },
+                None => break,
+            }
+        }
+        cur
+    }
+    pub fn raw(&self) -> &'a Value {
+        self.node
+    }
+    /// The declared properties of an object schema, if it declares any.
+    pub fn properties(&self) -> Option<&'a Map<String, Value>> {
+        self.node.get("properties").and_then(Value::as_object)
+    }
+    /// The schema of one property, with its own extensions kept in
+    /// [`Field`] (extensions sit beside the `$ref`, not in the target).
+    pub fn field(&self, name: &str) -> Option<Field<'a>> {
+        let raw = self.properties()?.get(name)?;
+        Some(Field { raw, schema: SchemaNode { defs: self.defs, node: raw }.resolve() })
+    }
+    pub fn items(&self) -> Option<SchemaNode<'a>> {
+        self.node.get("items").map(|n| SchemaNode { defs: self.defs, node: n }.resolve())
+    }
+    /// The value schema of a map (`additionalProperties`).
+    pub fn additional_properties(&self) -> Option<SchemaNode<'a>> {
+        match self.node.get("additionalProperties") {
+            Some(n) if n.is_object() => Some(SchemaNode { defs: self.defs, node: n }.resolve()),
+            _ => None,
+        }
+    }
+    pub fn type_name(&self) -> Option<&'a str> {
+        self.node.get("type").and_then(Value::as_str)
+    }
+    pub fn preserves_unknown_fields(&self) -> bool {
+        self.node.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+    }
+    fn ext(&self, key: &str) -> Option<&'a Value> {
+        self.node.get(key)
+    }
+}
+
+/// A property: its own patch metadata and its (resolved) schema.
+#[derive(Clone, Copy)]
+pub struct Field<'a> {
+    raw: &'a Value,
+    pub schema: SchemaNode<'a>,
+}
+
+impl<'a> Field<'a> {
+    fn ext(&self, key: &str) -> Option<&'a Value> {
+        self.raw.get(key).or_else(|| self.schema.ext(key))
+    }
+    /// `x-kubernetes-patch-strategy` (`merge`, `retainKeys`, `replace`, comma-joined).
+    pub fn patch_strategy(&self) -> Option<&'a str> {
+        self.ext("x-kubernetes-patch-strategy").and_then(Value::as_str)
+    }
+    pub fn patch_merge_key(&self) -> Option<&'a str> {
+        self.ext("x-kubernetes-patch-merge-key").and_then(Value::as_str)
+    }
+    /// `x-kubernetes-list-type`: `atomic`, `set` or `map`.
+    pub fn list_type(&self) -> Option<&'a str> {
+        self.ext("x-kubernetes-list-type").and_then(Value::as_str)
+    }
+    pub fn list_map_keys(&self) -> Vec<&'a str> {
+        self.ext("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+    pub fn map_type(&self) -> Option<&'a str> {
+        self.ext("x-kubernetes-map-type").and_then(Value::as_str)
+    }
+}
+
+/// Paths (`spec.replica`) of fields in `value` that `schema` does not
+/// declare. Maps, free-form objects and preserved subtrees are not checked.
+pub fn unknown_fields(schema: SchemaNode<'_>, value: &Value) -> Vec<String> {
+    let mut out = vec![];
+    walk_unknown(schema, value, "", &mut out);
+    out
+}
+
+fn walk_unknown(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec<String>) {
+    if schema.preserves_unknown_fields() && schema.properties().is_none() {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.properties() {
+                for (k, v) in map {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    if props.contains_key(k) {
+                        if let Some(f) = schema.field(k) {
+                            walk_unknown(f.schema, v, &p, out);
+                        }
+                    } else if !schema.preserves_unknown_fields()
+                        && schema.additional_properties().is_none()
+                    {
+                        out.push(p);
+                    }
+                }
+            } else if let Some(ap) = schema.additional_properties() {
+                for (k, v) in map {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk_unknown(ap, v, &p, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.items() {
+                for (i, v) in items.iter().enumerate() {
+                    walk_unknown(item, v, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_schema_resolves_and_has_patch_meta() {
+        let defs = definitions();
+        let pod = SchemaNode::definition(defs, "io.k8s.api.core.v1.Pod").unwrap();
+        let spec = pod.field("spec").unwrap().schema;
+        let containers = spec.field("containers").unwrap();
+        assert_eq!(containers.patch_merge_key(), Some("name"));
+        assert_eq!(containers.patch_strategy(), Some("merge"));
+        let c = containers.schema.items().unwrap();
+        assert!(c.field("image").is_some());
+    }
+
+    #[test]
+    fn unknown_fields_found_with_paths() {
+        let defs = definitions();
+        let d = SchemaNode::definition(defs, "io.k8s.api.apps.v1.Deployment").unwrap();
+        let v = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "x", "labels": {"any": "thing"}, "bogus": 1},
+            "spec": {"replica": 2, "template": {"spec": {"containers": [{"name": "a", "imagee": "b"}]}}}
+        });
+        let mut u = unknown_fields(d, &v);
+        u.sort();
+        assert_eq!(u, vec!["metadata.bogus", "spec.replica", "spec.template.spec.containers[0].imagee"]);
+    }
+}

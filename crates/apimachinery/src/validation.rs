@@ -1,0 +1,1 @@
+//! Validation of names, labels and the fields users touch, with upstream messages.
