@@ -7,6 +7,7 @@ pub mod defaults;
 pub mod fields;
 pub mod patch;
 pub mod patch_meta;
+pub mod printers;
 pub mod resource;
 pub mod schema;
 pub mod selectors;

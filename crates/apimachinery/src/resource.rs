@@ -55,7 +55,7 @@ pub struct PrinterColumn {
 }
 
 /// One served resource (a group/version/plural triple).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ResourceInfo {
     pub group: String,
     pub version: String,

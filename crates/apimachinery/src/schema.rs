@@ -203,6 +203,108 @@ fn walk_unknown(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec
     }
 }
 
+/// Removes fields `schema` does not declare, as decoding into the typed
+/// model does upstream (and pruning does for custom resources).
+pub fn prune_unknown(schema: SchemaNode<'_>, value: &mut Value) {
+    if schema.preserves_unknown_fields() && schema.properties().is_none() {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.properties() {
+                if !schema.preserves_unknown_fields() && schema.additional_properties().is_none() {
+                    map.retain(|k, _| props.contains_key(k));
+                }
+                for (k, v) in map.iter_mut() {
+                    if let Some(f) = schema.field(k) {
+                        prune_unknown(f.schema, v);
+                    }
+                }
+            } else if let Some(ap) = schema.additional_properties() {
+                for v in map.values_mut() {
+                    prune_unknown(ap, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.items() {
+                for v in items.iter_mut() {
+                    prune_unknown(item, v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "number",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Values whose JSON type does not fit the schema, described as upstream's
+/// decoder does (`cannot unmarshal string into Go struct field .spec.replicas of type integer`).
+pub fn type_errors(schema: SchemaNode<'_>, value: &Value) -> Vec<String> {
+    let mut out = vec![];
+    walk_types(schema, value, "", &mut out);
+    out
+}
+
+fn walk_types(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec<String>) {
+    if value.is_null() {
+        return;
+    }
+    let int_or_string = schema.raw().get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    let ok = if int_or_string {
+        value.is_string() || value.is_i64() || value.is_u64() || value.is_f64()
+    } else {
+        match schema.type_name() {
+            Some("integer") => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            Some("number") => value.is_number(),
+            Some("boolean") => value.is_boolean(),
+            Some("string") => value.is_string(),
+            Some("array") => value.is_array(),
+            Some("object") => value.is_object(),
+            _ => true,
+        }
+    };
+    if !ok {
+        let want = schema.type_name().unwrap_or("int-or-string");
+        out.push(format!(
+            "json: cannot unmarshal {} into Go struct field .{path} of type {want}",
+            json_type(value)
+        ));
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                if let Some(f) = schema.field(k) {
+                    walk_types(f.schema, v, &p, out);
+                } else if let Some(ap) = schema.additional_properties() {
+                    walk_types(ap, v, &p, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.items() {
+                for v in items {
+                    walk_types(item, v, path, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +333,21 @@ mod tests {
         let mut u = unknown_fields(d, &v);
         u.sort();
         assert_eq!(u, vec!["metadata.bogus", "spec.replica", "spec.template.spec.containers[0].imagee"]);
+        let mut pruned = v.clone();
+        prune_unknown(d, &mut pruned);
+        assert!(unknown_fields(d, &pruned).is_empty());
+        assert_eq!(pruned["metadata"]["labels"]["any"], "thing");
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let defs = definitions();
+        let d = SchemaNode::definition(defs, "io.k8s.api.apps.v1.Deployment").unwrap();
+        let v = serde_json::json!({"spec": {"replicas": "three", "strategy": {"rollingUpdate": {"maxSurge": "25%"}},
+            "template": {"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": 1}}, "env": [{"name": "X", "value": 1}]}]}}}});
+        let errs = type_errors(d, &v);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains(".spec.replicas of type integer"));
+        assert!(errs[1].contains("cannot unmarshal number into Go struct field .spec.template.spec.containers.env.value of type string"));
     }
 }

@@ -1,1 +1,183 @@
+//! The Kubernetes API server: HTTPS with client-certificate and token
+//! authentication in front of the generic [`registry`], which reads through
+//! the watch [`cache`] and writes to a [`kobune_store::Store`].
 
+pub mod auth;
+pub mod cache;
+pub mod conversion;
+pub mod discovery;
+pub mod http;
+pub mod openapi;
+pub mod pki;
+pub mod protobuf;
+pub mod registry;
+pub mod resources;
+pub mod strategy;
+pub mod table;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kobune_store::Store;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use registry::Registry;
+
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls_sans: Vec<String>,
+    pub token: Option<String>,
+    pub service_cidr: String,
+    pub datastore_endpoint: String,
+}
+
+pub struct ApiServer {
+    pub registry: Arc<Registry>,
+    pub pki: Arc<pki::Pki>,
+    state: Arc<http::ApiState>,
+    tls: Arc<rustls::ServerConfig>,
+    listen: SocketAddr,
+}
+
+/// Parses `10.43.0.0/16`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, bits) = s.split_once('/').context("CIDR needs a /prefix")?;
+    let bits: u8 = bits.parse().context("CIDR prefix")?;
+    anyhow::ensure!((8..=30).contains(&bits), "CIDR prefix must be between /8 and /30");
+    Ok((ip.parse().context("CIDR address")?, bits))
+}
+
+fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl ApiServer {
+    /// Opens the store, loads the cache and PKI, and creates the default objects.
+    pub async fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<ApiServer> {
+        let pki = Arc::new(pki::Pki::ensure(&cfg.data_dir.join("tls"), &cfg.tls_sans, cfg.token.as_deref())?);
+        let cache = cache::Cache::start(store.clone()).await.map_err(|e| anyhow::anyhow!("starting watch cache: {e}"))?;
+        let resources = Arc::new(resources::Resources::new());
+        let registry = Arc::new(Registry {
+            store: store.clone(),
+            cache,
+            resources: resources.clone(),
+            service_cidr: parse_cidr(&cfg.service_cidr)?,
+        });
+        let state = Arc::new(http::ApiState {
+            registry: registry.clone(),
+            resources,
+            openapi: openapi::OpenApi::default(),
+            admin_token: pki.token.clone(),
+            server_address: cfg.listen.to_string(),
+        });
+        let tls = Arc::new(tls_config(&pki)?);
+        let server = ApiServer { registry, pki, state, tls, listen: cfg.listen };
+        server.bootstrap().await?;
+        server.follow_crds();
+        kobune_store::spawn_compactor(store, std::time::Duration::from_secs(300), 10_000);
+        Ok(server)
+    }
+
+    /// Default namespaces and the `kubernetes` Service, as a fresh cluster has.
+    async fn bootstrap(&self) -> Result<()> {
+        let reg = &self.registry;
+        let ns = reg.resources.find("", "v1", "namespaces").expect("built in");
+        let opts = registry::WriteOptions { field_manager: Some("kobune".into()), ..Default::default() };
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match reg.create(&ns, None, obj, &opts).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => anyhow::bail!("creating namespace {name}: {e}"),
+            }
+        }
+        let svc = reg.resources.find("", "v1", "services").expect("built in");
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": reg.kubernetes_service_ip(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.listen.port()}]}
+        });
+        match reg.create(&svc, Some("default"), obj, &opts).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => anyhow::bail!("creating the kubernetes service: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Serves the versions of established CRDs as they come and go.
+    fn follow_crds(&self) {
+        let reg = self.registry.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let prefix = "/registry/apiextensions.k8s.io/customresourcedefinitions/".to_string();
+        if reg.cache.spawn_forward(prefix.clone(), tx).is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                while rx.try_recv().is_ok() {}
+                let (crds, _) = reg.cache.list(&prefix, None);
+                let crds: Vec<_> = crds.into_iter().map(|(_, v)| v).collect();
+                reg.resources.set_crds(&crds);
+            }
+        });
+    }
+
+    /// Accepts connections until the process ends.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        loop {
+            let (tcp, _peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    _ => return,
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| auth::from_certificate(c.as_ref()));
+                let svc = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    let user = user.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http::handle(state, req, user).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await;
+            });
+        }
+    }
+}

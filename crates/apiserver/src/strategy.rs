@@ -1,0 +1,174 @@
+//! Per-kind rules the generic registry applies on create and update, as
+//! upstream's registry strategies do: what status starts as, which writes
+//! bump `metadata.generation`, what each subresource may change.
+
+use kobune_apimachinery::ResourceInfo;
+use serde_json::{json, Value};
+
+/// Kinds whose `metadata.generation` tracks spec changes.
+pub fn tracks_generation(info: &ResourceInfo) -> bool {
+    if info.definition.is_none() {
+        return true; // custom resources
+    }
+    matches!(
+        info.group.as_str(),
+        "apps" | "batch" | "autoscaling" | "policy" | "networking.k8s.io" | "apiextensions.k8s.io" | "scheduling.k8s.io"
+    ) || matches!(info.plural.as_str(), "replicationcontrollers" | "pods")
+}
+
+fn is(info: &ResourceInfo, group: &str, plural: &str) -> bool {
+    info.group == group && info.plural == plural
+}
+
+/// The QoS class upstream derives from container resources.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        for r in ["cpu", "memory"] {
+            let rq = req.and_then(|m| m.get(r));
+            let lm = lim.and_then(|m| m.get(r));
+            if rq.is_some() || lm.is_some() {
+                any = true;
+            }
+            match (rq, lm) {
+                (_, None) => guaranteed = false,
+                (Some(a), Some(b)) if a != b => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Resets what a client may not set on create.
+pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value, now: &str) {
+    let has_status = info.has_subresource("status");
+    if is(info, "", "pods") {
+        let qos = qos_class(obj);
+        obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+    } else if is(info, "", "services") {
+        obj["status"] = json!({"loadBalancer": {}});
+    } else if is(info, "", "persistentvolumeclaims") || is(info, "", "persistentvolumes") {
+        obj["status"] = json!({"phase": "Pending"});
+    } else if is(info, "", "namespaces") {
+        obj["status"] = json!({"phase": "Active"});
+    } else if is(info, "apiextensions.k8s.io", "customresourcedefinitions") {
+        let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+        let versions: Vec<Value> = obj
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .map(|vs| vs.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+            .unwrap_or_default();
+        obj["status"] = json!({
+            "acceptedNames": names,
+            "storedVersions": versions,
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now}
+            ]
+        });
+    } else if has_status && !is(info, "", "nodes") {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
+}
+
+/// Keeps the parts of `old` a write through `subresource` may not change.
+pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, subresource: Option<&str>) {
+    match subresource {
+        Some("status") => {
+            // Only status (and, as upstream allows, nothing in spec) changes.
+            let status = new.get("status").cloned();
+            let meta = new.get("metadata").cloned();
+            *new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            // Status writers may still carry label/annotation changes? Upstream ignores them.
+            if let (Some(m), Some(rv)) = (new.get_mut("metadata"), meta.and_then(|m| m.get("resourceVersion").cloned())) {
+                m["resourceVersion"] = rv;
+            }
+        }
+        Some("finalize") => {
+            let fin = new.pointer("/spec/finalizers").cloned();
+            *new = old.clone();
+            match fin {
+                Some(f) => new["spec"]["finalizers"] = f,
+                None => {
+                    if let Some(s) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                        s.remove("finalizers");
+                    }
+                }
+            }
+        }
+        _ => {
+            if info.has_subresource("status") && !is(info, "", "nodes") {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            if is(info, "", "namespaces") {
+                if let Some(f) = old.pointer("/spec/finalizers") {
+                    new["spec"]["finalizers"] = f.clone();
+                }
+            }
+            if is(info, "", "services") {
+                for f in ["clusterIP", "clusterIPs"] {
+                    if new.pointer(&format!("/spec/{f}")).is_none() {
+                        if let Some(v) = old.pointer(&format!("/spec/{f}")) {
+                            new["spec"][f] = v.clone();
+                        }
+                    }
+                }
+                // Keep allocated node ports the client did not mention.
+                if let (Some(old_ports), Some(new_ports)) = (
+                    old.pointer("/spec/ports").and_then(Value::as_array).cloned(),
+                    new.pointer_mut("/spec/ports").and_then(Value::as_array_mut),
+                ) {
+                    for p in new_ports.iter_mut() {
+                        if p.get("nodePort").is_none() {
+                            if let Some(op) = old_ports.iter().find(|o| o["port"] == p["port"] && o.get("nodePort").is_some()) {
+                                p["nodePort"] = op["nodePort"].clone();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The part of an object whose change bumps the generation.
+pub fn generation_relevant(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
