@@ -126,8 +126,12 @@ fn default_pod(obj: &mut Value) {
 }
 
 fn default_requests_from_limits(c: &mut Value) {
-    let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) else { return };
-    let Some(limits) = res.get("limits").and_then(Value::as_object).cloned() else { return };
+    let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let Some(limits) = res.get("limits").and_then(Value::as_object).cloned() else {
+        return;
+    };
     if limits.is_empty() {
         return;
     }
@@ -163,7 +167,10 @@ fn default_template_at(obj: &mut Value) {
 }
 
 fn default_pod_spec(spec: &mut Value) {
-    let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let host_network = spec
+        .get("hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     {
         let s = spec.as_object_mut().expect("object");
         set(s, "dnsPolicy", json!("ClusterFirst"));
@@ -200,7 +207,11 @@ fn default_container(c: &mut Value, host_network: bool) {
     set(m, "terminationMessagePolicy", json!("File"));
     if is_unset(m.get("imagePullPolicy")) {
         let image = m.get("image").and_then(Value::as_str).unwrap_or_default();
-        let policy = if image_tag(image) == Some("latest") { "Always" } else { "IfNotPresent" };
+        let policy = if image_tag(image) == Some("latest") {
+            "Always"
+        } else {
+            "IfNotPresent"
+        };
         m.insert("imagePullPolicy".into(), json!(policy));
     }
     set(m, "resources", json!({}));
@@ -216,7 +227,11 @@ fn default_container(c: &mut Value, host_network: bool) {
     }
     if let Some(env) = m.get_mut("env").and_then(Value::as_array_mut) {
         for e in env.iter_mut() {
-            if let Some(fr) = e.get_mut("valueFrom").and_then(|v| v.get_mut("fieldRef")).and_then(Value::as_object_mut) {
+            if let Some(fr) = e
+                .get_mut("valueFrom")
+                .and_then(|v| v.get_mut("fieldRef"))
+                .and_then(Value::as_object_mut)
+            {
                 set(fr, "apiVersion", json!("v1"));
             }
         }
@@ -292,7 +307,11 @@ fn default_volume(v: &mut Value) {
     if let Some(hp) = m.get_mut("hostPath").and_then(Value::as_object_mut) {
         set(hp, "type", json!(""));
     }
-    if let Some(ds) = m.get_mut("ephemeral").and_then(|e| e.get_mut("volumeClaimTemplate")).and_then(|t| t.get_mut("spec")) {
+    if let Some(ds) = m
+        .get_mut("ephemeral")
+        .and_then(|e| e.get_mut("volumeClaimTemplate"))
+        .and_then(|t| t.get_mut("spec"))
+    {
         default_pvc_spec(ds);
     }
 }
@@ -305,7 +324,11 @@ fn default_replication_controller(obj: &mut Value) {
         let spec = ensure_obj(obj, "spec");
         set(spec, "replicas", json!(1));
         if let Some(l) = &template_labels {
-            if spec.get("selector").and_then(Value::as_object).is_none_or(|s| s.is_empty()) {
+            if spec
+                .get("selector")
+                .and_then(Value::as_object)
+                .is_none_or(|s| s.is_empty())
+            {
                 spec.insert("selector".into(), l.clone());
             }
         }
@@ -316,12 +339,18 @@ fn default_replication_controller(obj: &mut Value) {
 
 /// Objects without labels take their template's labels (RC, RS as upstream did; Job).
 fn copy_template_labels(obj: &mut Value) {
-    let Some(l) = obj.pointer("/spec/template/metadata/labels").cloned() else { return };
+    let Some(l) = obj.pointer("/spec/template/metadata/labels").cloned() else {
+        return;
+    };
     if l.as_object().is_none_or(|m| m.is_empty()) {
         return;
     }
     let meta = ensure_obj(obj, "metadata");
-    if meta.get("labels").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+    if meta
+        .get("labels")
+        .and_then(Value::as_object)
+        .is_none_or(|m| m.is_empty())
+    {
         meta.insert("labels".into(), l);
     }
 }
@@ -394,7 +423,9 @@ fn default_stateful_set(obj: &mut Value) {
                 set(ru, "partition", json!(0));
             }
         }
-        let policy = spec.entry("persistentVolumeClaimRetentionPolicy").or_insert_with(|| json!({}));
+        let policy = spec
+            .entry("persistentVolumeClaimRetentionPolicy")
+            .or_insert_with(|| json!({}));
         if !policy.is_object() {
             *policy = json!({});
         }
@@ -430,12 +461,20 @@ fn default_job(obj: &mut Value) {
         }
         set(spec, "parallelism", json!(1));
         if is_unset(spec.get("backoffLimit")) {
-            let limit = if is_unset(spec.get("backoffLimitPerIndex")) { 6 } else { i32::MAX as i64 };
+            let limit = if is_unset(spec.get("backoffLimitPerIndex")) {
+                6
+            } else {
+                i32::MAX as i64
+            };
             spec.insert("backoffLimit".into(), json!(limit));
         }
         set(spec, "completionMode", json!("NonIndexed"));
         set(spec, "suspend", json!(false));
-        let replacement = if is_unset(spec.get("podFailurePolicy")) { "TerminatingOrFailed" } else { "Failed" };
+        let replacement = if is_unset(spec.get("podFailurePolicy")) {
+            "TerminatingOrFailed"
+        } else {
+            "Failed"
+        };
         set(spec, "podReplacementPolicy", json!(replacement));
     }
     copy_template_labels(obj);
@@ -445,16 +484,30 @@ fn default_job(obj: &mut Value) {
 /// Upstream's Job strategy generates the selector from the uid on create
 /// (unless `manualSelector`); done here when the uid is already assigned.
 fn generate_job_selector(obj: &mut Value) {
-    let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string) else { return };
-    if uid.is_empty() || obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
+    let Some(uid) = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return;
+    };
+    if uid.is_empty() || obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true)
+    {
         return;
     }
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let spec = ensure_obj(obj, "spec");
     if !is_unset(spec.get("selector")) {
         return;
     }
-    spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
     let template = spec.entry("template").or_insert_with(|| json!({}));
     if !template.is_object() {
         *template = json!({});
@@ -495,7 +548,9 @@ fn default_service(obj: &mut Value) {
             spec.remove("sessionAffinityConfig");
         }
         Some("ClientIP") => {
-            let cfg = spec.entry("sessionAffinityConfig").or_insert_with(|| json!({}));
+            let cfg = spec
+                .entry("sessionAffinityConfig")
+                .or_insert_with(|| json!({}));
             if !cfg.is_object() {
                 *cfg = json!({});
             }
@@ -504,11 +559,19 @@ fn default_service(obj: &mut Value) {
             if !cip.is_object() {
                 *cip = json!({});
             }
-            set(cip.as_object_mut().expect("object"), "timeoutSeconds", json!(10800));
+            set(
+                cip.as_object_mut().expect("object"),
+                "timeoutSeconds",
+                json!(10800),
+            );
         }
         _ => {}
     }
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             set(p, "protocol", json!("TCP"));
@@ -525,7 +588,10 @@ fn default_service(obj: &mut Value) {
             }
         }
     }
-    let has_external_ips = spec.get("externalIPs").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let has_external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
     let externally_accessible =
         ty == "LoadBalancer" || ty == "NodePort" || (ty == "ClusterIP" && has_external_ips);
     if externally_accessible {
@@ -574,18 +640,34 @@ pub(crate) fn base64_encode(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
 
 fn default_namespace(obj: &mut Value) {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     {
         let spec = ensure_obj(obj, "spec");
         set(spec, "finalizers", json!(["kubernetes"]));
@@ -619,7 +701,10 @@ fn default_hpa(info: &ResourceInfo, obj: &mut Value) {
     let spec = ensure_obj(obj, "spec");
     set(spec, "minReplicas", json!(1));
     if info.version == "v2" {
-        let empty = spec.get("metrics").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+        let empty = spec
+            .get("metrics")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty());
         if empty {
             spec.insert(
                 "metrics".into(),
@@ -631,10 +716,17 @@ fn default_hpa(info: &ResourceInfo, obj: &mut Value) {
 
 fn default_network_policy(obj: &mut Value) {
     let spec = ensure_obj(obj, "spec");
-    let empty = spec.get("policyTypes").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+    let empty = spec
+        .get("policyTypes")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty());
     if empty {
         let mut types = vec![json!("Ingress")];
-        if spec.get("egress").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        if spec
+            .get("egress")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
             types.push(json!("Egress"));
         }
         spec.insert("policyTypes".into(), Value::Array(types));
@@ -654,13 +746,19 @@ fn default_network_policy(obj: &mut Value) {
 
 fn default_binding(obj: &mut Value) {
     if let Some(r) = obj.get_mut("roleRef").and_then(Value::as_object_mut) {
-        if r.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if r.get("apiGroup")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             r.insert("apiGroup".into(), json!("rbac.authorization.k8s.io"));
         }
     }
     for s in arr_mut(obj, "subjects") {
         let Some(m) = s.as_object_mut() else { continue };
-        if m.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if m.get("apiGroup")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             match m.get("kind").and_then(Value::as_str) {
                 Some("User" | "Group") => {
                     m.insert("apiGroup".into(), json!("rbac.authorization.k8s.io"));
@@ -677,12 +775,24 @@ fn default_binding(obj: &mut Value) {
 fn default_crd(obj: &mut Value) {
     let spec = ensure_obj(obj, "spec");
     if let Some(names) = spec.get_mut("names").and_then(Value::as_object_mut) {
-        let kind = names.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind = names
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if !kind.is_empty() {
-            if names.get("singular").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if names
+                .get("singular")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 names.insert("singular".into(), json!(kind.to_lowercase()));
             }
-            if names.get("listKind").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if names
+                .get("listKind")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 names.insert("listKind".into(), json!(format!("{kind}List")));
             }
         }
@@ -699,7 +809,10 @@ mod tests {
     use crate::resource::builtins;
 
     fn info(group: &str, kind: &str) -> ResourceInfo {
-        builtins().into_iter().find(|r| r.group == group && r.kind == kind).unwrap()
+        builtins()
+            .into_iter()
+            .find(|r| r.group == group && r.kind == kind)
+            .unwrap()
     }
 
     #[test]
@@ -760,15 +873,22 @@ mod tests {
 
     #[test]
     fn deployment_defaults() {
-        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        let mut d =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
         apply_defaults(&info("apps", "Deployment"), &mut d);
         let s = &d["spec"];
         assert_eq!(s["replicas"], 1);
         assert_eq!(s["revisionHistoryLimit"], 10);
         assert_eq!(s["progressDeadlineSeconds"], 600);
-        assert_eq!(s["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}));
+        assert_eq!(
+            s["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
         assert_eq!(s["template"]["spec"]["restartPolicy"], "Always");
-        assert_eq!(s["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            s["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
         // Templates do not get requests copied from limits nor enableServiceLinks.
         assert!(s["template"]["spec"].get("enableServiceLinks").is_none());
 
@@ -785,18 +905,31 @@ mod tests {
 
         let mut ds = json!({"spec": {}});
         apply_defaults(&info("apps", "DaemonSet"), &mut ds);
-        assert_eq!(ds["spec"]["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
         assert_eq!(ds["spec"]["revisionHistoryLimit"], 10);
 
-        let mut sts = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}});
+        let mut sts =
+            json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}]}});
         apply_defaults(&info("apps", "StatefulSet"), &mut sts);
         let s = &sts["spec"];
         assert_eq!(s["replicas"], 1);
         assert_eq!(s["podManagementPolicy"], "OrderedReady");
-        assert_eq!(s["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+        assert_eq!(
+            s["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
         assert_eq!(s["revisionHistoryLimit"], 10);
-        assert_eq!(s["persistentVolumeClaimRetentionPolicy"], json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
-        assert_eq!(s["volumeClaimTemplates"][0]["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(
+            s["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(
+            s["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
     }
 
     #[test]
@@ -816,8 +949,14 @@ mod tests {
         apply_defaults(&info("batch", "Job"), &mut j2);
         assert!(j2["spec"].get("completions").is_none());
         assert_eq!(j2["spec"]["parallelism"], 3);
-        assert_eq!(j2["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u1");
-        assert_eq!(j2["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
+        assert_eq!(
+            j2["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u1"
+        );
+        assert_eq!(
+            j2["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "pi"
+        );
 
         let mut cj = json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}});
         apply_defaults(&info("batch", "CronJob"), &mut cj);
@@ -826,13 +965,17 @@ mod tests {
         assert_eq!(s["suspend"], false);
         assert_eq!(s["successfulJobsHistoryLimit"], 3);
         assert_eq!(s["failedJobsHistoryLimit"], 1);
-        assert_eq!(s["jobTemplate"]["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+        assert_eq!(
+            s["jobTemplate"]["spec"]["template"]["spec"]["dnsPolicy"],
+            "ClusterFirst"
+        );
         assert!(s["jobTemplate"]["spec"].get("backoffLimit").is_none());
     }
 
     #[test]
     fn service_defaults() {
-        let mut svc = json!({"spec": {"ports": [{"port": 80}, {"port": 443, "targetPort": "https"}]}});
+        let mut svc =
+            json!({"spec": {"ports": [{"port": 80}, {"port": 443, "targetPort": "https"}]}});
         apply_defaults(&info("", "Service"), &mut svc);
         let s = &svc["spec"];
         assert_eq!(s["type"], "ClusterIP");
@@ -867,7 +1010,10 @@ mod tests {
         apply_defaults(&info("", "Namespace"), &mut ns);
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         assert_eq!(ns["status"]["phase"], "Active");
-        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "dev");
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "dev"
+        );
 
         let mut pvc = json!({"spec": {}});
         apply_defaults(&info("", "PersistentVolumeClaim"), &mut pvc);
@@ -888,7 +1034,10 @@ mod tests {
         let mut h = json!({"spec": {"maxReplicas": 3}});
         apply_defaults(&hpa_v2, &mut h);
         assert_eq!(h["spec"]["minReplicas"], 1);
-        assert_eq!(h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+        assert_eq!(
+            h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            80
+        );
 
         let mut np = json!({"spec": {"podSelector": {}, "egress": [{}]}});
         apply_defaults(&info("networking.k8s.io", "NetworkPolicy"), &mut np);

@@ -16,10 +16,19 @@ pub struct Decoded {
 pub fn decode_json(bytes: &[u8]) -> Result<Decoded, String> {
     let dups = RefCell::new(vec![]);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = de::DeserializeSeed::deserialize(Seed { path: String::new(), dups: &dups }, &mut de)
-        .map_err(|e| e.to_string())?;
+    let value = de::DeserializeSeed::deserialize(
+        Seed {
+            path: String::new(),
+            dups: &dups,
+        },
+        &mut de,
+    )
+    .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    Ok(Decoded { value, duplicates: dups.into_inner() })
+    Ok(Decoded {
+        value,
+        duplicates: dups.into_inner(),
+    })
 }
 
 /// Parses YAML (one document) into JSON values.
@@ -54,7 +63,9 @@ impl<'de> Visitor<'de> for Seed<'_> {
         Ok(Value::from(v))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
+        Ok(serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .unwrap_or(Value::Null))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_string()))
@@ -71,9 +82,10 @@ impl<'de> Visitor<'de> for Seed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = vec![];
         let mut i = 0;
-        while let Some(v) =
-            seq.next_element_seed(Seed { path: format!("{}[{i}]", self.path), dups: self.dups })?
-        {
+        while let Some(v) = seq.next_element_seed(Seed {
+            path: format!("{}[{i}]", self.path),
+            dups: self.dups,
+        })? {
             out.push(v);
             i += 1;
         }
@@ -82,8 +94,15 @@ impl<'de> Visitor<'de> for Seed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
-            let p = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
-            let v = map.next_value_seed(Seed { path: p.clone(), dups: self.dups })?;
+            let p = if self.path.is_empty() {
+                k.clone()
+            } else {
+                format!("{}.{k}", self.path)
+            };
+            let v = map.next_value_seed(Seed {
+                path: p.clone(),
+                dups: self.dups,
+            })?;
             if out.insert(k, v).is_some() {
                 self.dups.borrow_mut().push(p);
             }

@@ -3,10 +3,10 @@
 //! typed model (k8s-openapi); custom resources are added at runtime.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, events::v1 as events,
-    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
+    batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde_json::Value;
@@ -87,7 +87,11 @@ pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 impl ResourceInfo {
     pub fn gvk(&self) -> GroupVersionKind {
-        GroupVersionKind { group: self.group.clone(), version: self.version.clone(), kind: self.kind.clone() }
+        GroupVersionKind {
+            group: self.group.clone(),
+            version: self.version.clone(),
+            kind: self.kind.clone(),
+        }
     }
     pub fn api_version(&self) -> String {
         self.gvk().api_version()
@@ -106,7 +110,16 @@ impl ResourceInfo {
         if !self.stored {
             return vec!["create"];
         }
-        vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
     /// Storage key prefix for this resource, ending in `/`.
     pub fn key_prefix(&self) -> String {
@@ -138,14 +151,23 @@ impl<T> Describe for T
 where
     T: k8s_openapi::Resource + schemars::JsonSchema,
 {
-    fn info(plural_override: Option<&str>, short: &[&str], cats: &[&str], subs: &[&str]) -> ResourceInfo {
+    fn info(
+        plural_override: Option<&str>,
+        short: &[&str],
+        cats: &[&str],
+        subs: &[&str],
+    ) -> ResourceInfo {
         let plural = plural_override.unwrap_or(T::URL_PATH_SEGMENT).to_string();
         let scope = if std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope") {
             Scope::Namespaced
         } else {
             Scope::Cluster
         };
-        let storage_group = if T::GROUP.is_empty() { "core" } else { T::GROUP };
+        let storage_group = if T::GROUP.is_empty() {
+            "core"
+        } else {
+            T::GROUP
+        };
         ResourceInfo {
             group: T::GROUP.to_string(),
             version: T::VERSION.to_string(),
@@ -203,7 +225,17 @@ pub fn builtins() -> Vec<ResourceInfo> {
             None,
             &["po"],
             all,
-            &["status", "log", "exec", "attach", "portforward", "eviction", "binding", "ephemeralcontainers", "proxy"],
+            &[
+                "status",
+                "log",
+                "exec",
+                "attach",
+                "portforward",
+                "eviction",
+                "binding",
+                "ephemeralcontainers",
+                "proxy",
+            ],
         ),
         core::Service::info(None, &["svc"], all, &["status", "proxy"]),
         core::Endpoints::info(None, &["ep"], &[], &[]),
@@ -217,13 +249,33 @@ pub fn builtins() -> Vec<ResourceInfo> {
         core::LimitRange::info(None, &["limits"], &[], &[]),
         core::ResourceQuota::info(None, &["quota"], &[], &["status"]),
         core::PodTemplate::info(None, &[], &[], &[]),
-        with_scale(core::ReplicationController::info(None, &["rc"], all, &["status", "scale"])),
+        with_scale(core::ReplicationController::info(
+            None,
+            &["rc"],
+            all,
+            &["status", "scale"],
+        )),
         create_only(core::Binding::info(None, &[], &[], &[])),
         // apps/v1
-        with_scale(apps::Deployment::info(None, &["deploy"], all, &["status", "scale"])),
-        with_scale(apps::ReplicaSet::info(None, &["rs"], all, &["status", "scale"])),
+        with_scale(apps::Deployment::info(
+            None,
+            &["deploy"],
+            all,
+            &["status", "scale"],
+        )),
+        with_scale(apps::ReplicaSet::info(
+            None,
+            &["rs"],
+            all,
+            &["status", "scale"],
+        )),
         apps::DaemonSet::info(None, &["ds"], all, &["status"]),
-        with_scale(apps::StatefulSet::info(None, &["sts"], all, &["status", "scale"])),
+        with_scale(apps::StatefulSet::info(
+            None,
+            &["sts"],
+            all,
+            &["status", "scale"],
+        )),
         apps::ControllerRevision::info(None, &[], &[], &[]),
         // batch/v1
         batch::Job::info(None, &[], all, &["status"]),
@@ -273,11 +325,17 @@ mod tests {
         let all = builtins();
         let pods = all.iter().find(|r| r.plural == "pods").unwrap();
         assert!(pods.namespaced());
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
         assert_eq!(pods.definition.as_deref(), Some("io.k8s.api.core.v1.Pod"));
         let nodes = all.iter().find(|r| r.plural == "nodes").unwrap();
         assert!(!nodes.namespaced());
-        let hpas: Vec<_> = all.iter().filter(|r| r.plural == "horizontalpodautoscalers").collect();
+        let hpas: Vec<_> = all
+            .iter()
+            .filter(|r| r.plural == "horizontalpodautoscalers")
+            .collect();
         assert_eq!(hpas.len(), 2);
         assert_eq!(hpas[0].storage, hpas[1].storage);
         let deploy = all.iter().find(|r| r.plural == "deployments").unwrap();

@@ -74,18 +74,26 @@ impl<'a> SchemaNode<'a> {
         let mut cur = self;
         for _ in 0..16 {
             let r = cur.node.get("$ref").and_then(Value::as_str).or_else(|| {
-                cur.node.get("allOf").and_then(Value::as_array).and_then(|a| {
-                    if a.len() == 1 {
-                        a[0].get("$ref").and_then(Value::as_str)
-                    } else {
-                        None
-                    }
-                })
+                cur.node
+                    .get("allOf")
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        if a.len() == 1 {
+                            a[0].get("$ref").and_then(Value::as_str)
+                        } else {
+                            None
+                        }
+                    })
             });
             let Some(r) = r else { break };
             let name = r.rsplit('/').next().unwrap_or(r);
             match cur.defs.get(name) {
-                Some(n) => cur = SchemaNode { defs: cur.defs, node: n },
+                Some(n) => {
+                    cur = SchemaNode {
+                        defs: cur.defs,
+                        node: n,
+                    }
+                }
                 None => break,
             }
         }
@@ -102,15 +110,34 @@ impl<'a> SchemaNode<'a> {
     /// [`Field`] (extensions sit beside the `$ref`, not in the target).
     pub fn field(&self, name: &str) -> Option<Field<'a>> {
         let raw = self.properties()?.get(name)?;
-        Some(Field { raw, schema: SchemaNode { defs: self.defs, node: raw }.resolve() })
+        Some(Field {
+            raw,
+            schema: SchemaNode {
+                defs: self.defs,
+                node: raw,
+            }
+            .resolve(),
+        })
     }
     pub fn items(&self) -> Option<SchemaNode<'a>> {
-        self.node.get("items").map(|n| SchemaNode { defs: self.defs, node: n }.resolve())
+        self.node.get("items").map(|n| {
+            SchemaNode {
+                defs: self.defs,
+                node: n,
+            }
+            .resolve()
+        })
     }
     /// The value schema of a map (`additionalProperties`).
     pub fn additional_properties(&self) -> Option<SchemaNode<'a>> {
         match self.node.get("additionalProperties") {
-            Some(n) if n.is_object() => Some(SchemaNode { defs: self.defs, node: n }.resolve()),
+            Some(n) if n.is_object() => Some(
+                SchemaNode {
+                    defs: self.defs,
+                    node: n,
+                }
+                .resolve(),
+            ),
             _ => None,
         }
     }
@@ -138,10 +165,12 @@ impl<'a> Field<'a> {
     }
     /// `x-kubernetes-patch-strategy` (`merge`, `retainKeys`, `replace`, comma-joined).
     pub fn patch_strategy(&self) -> Option<&'a str> {
-        self.ext("x-kubernetes-patch-strategy").and_then(Value::as_str)
+        self.ext("x-kubernetes-patch-strategy")
+            .and_then(Value::as_str)
     }
     pub fn patch_merge_key(&self) -> Option<&'a str> {
-        self.ext("x-kubernetes-patch-merge-key").and_then(Value::as_str)
+        self.ext("x-kubernetes-patch-merge-key")
+            .and_then(Value::as_str)
     }
     /// `x-kubernetes-list-type`: `atomic`, `set` or `map`.
     pub fn list_type(&self) -> Option<&'a str> {
@@ -174,7 +203,11 @@ fn walk_unknown(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec
         Value::Object(map) => {
             if let Some(props) = schema.properties() {
                 for (k, v) in map {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     if props.contains_key(k) {
                         if let Some(f) = schema.field(k) {
                             walk_unknown(f.schema, v, &p, out);
@@ -187,7 +220,11 @@ fn walk_unknown(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec
                 }
             } else if let Some(ap) = schema.additional_properties() {
                 for (k, v) in map {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk_unknown(ap, v, &p, out);
                 }
             }
@@ -266,7 +303,9 @@ fn walk_types(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec<S
         value.is_string() || value.is_i64() || value.is_u64() || value.is_f64()
     } else {
         match schema.type_name() {
-            Some("integer") => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            Some("integer") => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
             Some("number") => value.is_number(),
             Some("boolean") => value.is_boolean(),
             Some("string") => value.is_string(),
@@ -286,7 +325,11 @@ fn walk_types(schema: SchemaNode<'_>, value: &Value, path: &str, out: &mut Vec<S
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 if let Some(f) = schema.field(k) {
                     walk_types(f.schema, v, &p, out);
                 } else if let Some(ap) = schema.additional_properties() {
@@ -332,7 +375,14 @@ mod tests {
         });
         let mut u = unknown_fields(d, &v);
         u.sort();
-        assert_eq!(u, vec!["metadata.bogus", "spec.replica", "spec.template.spec.containers[0].imagee"]);
+        assert_eq!(
+            u,
+            vec![
+                "metadata.bogus",
+                "spec.replica",
+                "spec.template.spec.containers[0].imagee"
+            ]
+        );
         let mut pruned = v.clone();
         prune_unknown(d, &mut pruned);
         assert!(unknown_fields(d, &pruned).is_empty());

@@ -39,7 +39,12 @@ impl Selector {
     }
     /// Matches a `metadata.labels`-style map.
     pub fn matches_labels(&self, labels: Option<&Map<String, Value>>) -> bool {
-        self.matches_with(&|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string))
+        self.matches_with(&|k| {
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
     }
     /// Parses a label selector string.
     pub fn parse_labels(s: &str) -> Result<Selector, String> {
@@ -55,24 +60,41 @@ impl Selector {
         let mut reqs = vec![];
         if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in ml {
-                reqs.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
+                reqs.push(Requirement::Equals(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_string(),
+                ));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+                let op = e
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 reqs.push(match op {
                     "In" => Requirement::In(key, values),
                     "NotIn" => Requirement::NotIn(key, values),
                     "Exists" => Requirement::Exists(key),
                     "DoesNotExist" => Requirement::DoesNotExist(key),
-                    other => return Err(format!("{other:?} is not a valid label selector operator")),
+                    other => {
+                        return Err(format!("{other:?} is not a valid label selector operator"))
+                    }
                 });
             }
         }
@@ -127,7 +149,11 @@ fn parse(s: &str, labels: bool) -> Result<Selector, String> {
             let key = part[..idx].trim();
             let rest = part[idx + kw.len()..].trim();
             let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
-            let vals = inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+            let vals = inner
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
             (!key.is_empty() && !key.contains(' ')).then(|| (key.to_string(), vals))
         };
         if let Some((k, v)) = part.find("!=").map(|i| (&part[..i], &part[i + 2..])) {
@@ -137,7 +163,9 @@ fn parse(s: &str, labels: bool) -> Result<Selector, String> {
         } else if let Some((k, v)) = part.find('=').map(|i| (&part[..i], &part[i + 1..])) {
             reqs.push(Requirement::Equals(check_key(k)?, v.trim().to_string()));
         } else if !labels {
-            return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+            return Err(format!(
+                "invalid selector: '{s}'; can't understand '{part}'"
+            ));
         } else if let Some((k, v)) = set_op(" notin ") {
             reqs.push(Requirement::NotIn(k, v));
         } else if let Some((k, v)) = set_op(" in ") {
@@ -154,7 +182,9 @@ fn parse(s: &str, labels: bool) -> Result<Selector, String> {
 fn check_key(k: &str) -> Result<String, String> {
     let k = k.trim();
     if k.is_empty() || k.contains(char::is_whitespace) || k.contains(['(', ')', '!']) {
-        return Err(format!("unable to parse requirement: invalid label key {k:?}"));
+        return Err(format!(
+            "unable to parse requirement: invalid label key {k:?}"
+        ));
     }
     Ok(k.to_string())
 }
@@ -174,7 +204,9 @@ mod tests {
         assert_eq!(s.0.len(), 4);
         assert!(s.matches_labels(Some(&labels(json!({"app":"web","tier":"b","env":"x"})))));
         assert!(!s.matches_labels(Some(&labels(json!({"app":"web","tier":"c","env":"x"})))));
-        assert!(!s.matches_labels(Some(&labels(json!({"app":"web","tier":"a","env":"x","canary":"1"})))));
+        assert!(!s.matches_labels(Some(&labels(
+            json!({"app":"web","tier":"a","env":"x","canary":"1"})
+        ))));
         assert!(!s.matches_labels(None));
     }
 

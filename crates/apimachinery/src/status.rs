@@ -13,7 +13,11 @@ pub struct Cause {
 
 impl Cause {
     pub fn new(reason: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause { reason: reason.into(), field: field.into(), message: message.into() }
+        Cause {
+            reason: reason.into(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
     /// `FieldValueRequired`: "Required value".
     pub fn required(field: impl Into<String>) -> Self {
@@ -41,14 +45,25 @@ impl Cause {
         Self::new(
             "FieldValueNotSupported",
             field,
-            format!("Unsupported value: {shown}: supported values: {}", quoted.join(", ")),
+            format!(
+                "Unsupported value: {shown}: supported values: {}",
+                quoted.join(", ")
+            ),
         )
     }
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        Self::new("FieldValueDuplicate", field, format!("Duplicate value: {value}"))
+        Self::new(
+            "FieldValueDuplicate",
+            field,
+            format!("Duplicate value: {value}"),
+        )
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new("FieldValueForbidden", field, format!("Forbidden: {}", detail.into()))
+        Self::new(
+            "FieldValueForbidden",
+            field,
+            format!("Forbidden: {}", detail.into()),
+        )
     }
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self::new(
@@ -116,8 +131,12 @@ impl ApiError {
         self
     }
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} {name:?} not found", qualified(resource, group)))
-            .with(name, group, resource)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} {name:?} not found", qualified(resource, group)),
+        )
+        .with(name, group, resource)
     }
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
         Self::new(
@@ -131,7 +150,10 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} {name:?}: {detail}", qualified(resource, group)),
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: {detail}",
+                qualified(resource, group)
+            ),
         )
         .with(name, group, resource)
     }
@@ -148,10 +170,22 @@ impl ApiError {
         let agg = if causes.len() == 1 {
             causes[0].display()
         } else {
-            format!("[{}]", causes.iter().map(Cause::display).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                causes
+                    .iter()
+                    .map(Cause::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
-        let gk = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let mut e = Self::new(422, "Invalid", format!("{gk} {name:?} is invalid: {agg}")).with(name, group, kind);
+        let gk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut e = Self::new(422, "Invalid", format!("{gk} {name:?} is invalid: {agg}"))
+            .with(name, group, kind);
         e.causes = causes;
         e
     }
@@ -164,7 +198,8 @@ impl ApiError {
         } else {
             format!("{} {name:?}", qualified(resource, group))
         };
-        Self::new(403, "Forbidden", format!("{what} is forbidden: {detail}")).with(name, group, resource)
+        Self::new(403, "Forbidden", format!("{what} is forbidden: {detail}"))
+            .with(name, group, resource)
     }
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")
@@ -179,7 +214,11 @@ impl ApiError {
         Self::new(406, "NotAcceptable", format!("only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"))
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
@@ -193,7 +232,11 @@ impl ApiError {
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
@@ -276,9 +319,18 @@ mod tests {
             "Pod",
             "",
             "x",
-            vec![Cause::required("spec.containers"), Cause::required("spec.x")],
+            vec![
+                Cause::required("spec.containers"),
+                Cause::required("spec.x"),
+            ],
         );
-        assert_eq!(e.message, "Pod \"x\" is invalid: [spec.containers: Required value, spec.x: Required value]");
-        assert_eq!(e.to_status()["details"]["causes"][0]["reason"], "FieldValueRequired");
+        assert_eq!(
+            e.message,
+            "Pod \"x\" is invalid: [spec.containers: Required value, spec.x: Required value]"
+        );
+        assert_eq!(
+            e.to_status()["details"]["causes"][0]["reason"],
+            "FieldValueRequired"
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
-/// How many recent events a watch can resume from.
-const HISTORY: usize = 20_000;
+/// How many recent events a watch can resume from, by default.
+pub const DEFAULT_HISTORY: usize = 20_000;
 /// How far a live watcher may fall behind before it is closed with 410.
 const BROADCAST: usize = 65_536;
 pub const ROOT: &str = "/registry/";
@@ -41,6 +41,7 @@ pub struct CacheEvent {
     pub revision: i64,
     /// The object after the change (for deletes: its last state, at the delete's revision).
     pub object: Arc<Value>,
+    /// The state before; for a modification replayed from store history it may be unknown.
     pub prev: Option<Arc<Value>>,
 }
 
@@ -53,6 +54,7 @@ struct State {
 }
 
 pub struct Cache {
+    history_size: usize,
     state: RwLock<State>,
     events: broadcast::Sender<Arc<CacheEvent>>,
     revision: watch::Sender<i64>,
@@ -68,7 +70,10 @@ fn decode(kv: &KeyValue, revision: i64) -> Option<Value> {
         }
     };
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        m.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
     Some(v)
 }
@@ -83,8 +88,12 @@ pub struct Subscription {
 
 impl Cache {
     /// Lists the store and starts following it.
-    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, StoreError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        history_size: usize,
+    ) -> Result<Arc<Cache>, StoreError> {
         let (kvs, rev) = store.list(ROOT).await?;
+        let (history, history_start) = Self::load_history(&store, rev, history_size).await;
         let objects = kvs
             .iter()
             .filter_map(|kv| decode(kv, kv.mod_revision).map(|v| (kv.key.clone(), Arc::new(v))))
@@ -92,7 +101,13 @@ impl Cache {
         let (events, _) = broadcast::channel(BROADCAST);
         let (revision, _) = watch::channel(rev);
         let cache = Arc::new(Cache {
-            state: RwLock::new(State { revision: rev, history_start: rev, objects, history: VecDeque::new() }),
+            history_size,
+            state: RwLock::new(State {
+                revision: rev,
+                history_start,
+                objects,
+                history,
+            }),
             events,
             revision,
             store: store.clone(),
@@ -101,6 +116,58 @@ impl Cache {
         let c = cache.clone();
         tokio::spawn(async move { c.follow(stream).await });
         Ok(cache)
+    }
+
+    /// Reads the store's retained history up to `rev`, so watches can resume
+    /// across a restart from a resourceVersion a client saw before it.
+    async fn load_history(
+        store: &Arc<dyn Store>,
+        rev: i64,
+        size: usize,
+    ) -> (VecDeque<Arc<CacheEvent>>, i64) {
+        let compacted = store.compacted_revision().await.unwrap_or(rev);
+        let start = compacted.max(rev - size as i64).max(0);
+        let mut history = VecDeque::new();
+        if start >= rev {
+            return (history, rev);
+        }
+        let Ok(mut stream) = store.watch(ROOT, start).await else {
+            return (history, rev);
+        };
+        let mut last: std::collections::HashMap<String, Arc<Value>> = Default::default();
+        loop {
+            let item = match tokio::time::timeout(Duration::from_secs(2), stream.recv()).await {
+                Ok(Some(Ok(ev))) => ev,
+                _ => return (VecDeque::new(), rev),
+            };
+            let r = item.kv.mod_revision;
+            if r > rev {
+                break;
+            }
+            if let Some(v) = decode(&item.kv, r) {
+                let obj = Arc::new(v);
+                let prev = match item.kind {
+                    EventKind::Put => last.insert(item.kv.key.clone(), obj.clone()),
+                    EventKind::Delete => last.remove(&item.kv.key),
+                };
+                let kind = match item.kind {
+                    EventKind::Delete => EventType::Deleted,
+                    _ if item.kv.create_revision == r => EventType::Added,
+                    _ => EventType::Modified,
+                };
+                history.push_back(Arc::new(CacheEvent {
+                    kind,
+                    key: item.kv.key.clone(),
+                    revision: r,
+                    object: obj,
+                    prev,
+                }));
+            }
+            if r == rev {
+                break;
+            }
+        }
+        (history, start)
     }
 
     async fn follow(self: Arc<Self>, mut stream: kobune_store::WatchStream) {
@@ -130,7 +197,8 @@ impl Cache {
 
     async fn relist(&self) -> Result<kobune_store::WatchStream, StoreError> {
         let (kvs, rev) = self.store.list(ROOT).await?;
-        let fresh: BTreeMap<String, KeyValue> = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let fresh: BTreeMap<String, KeyValue> =
+            kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         let r = self.merge_relist(fresh, rev);
         self.revision.send_replace(r);
         self.store.watch(ROOT, rev).await
@@ -139,12 +207,23 @@ impl Cache {
     /// Applies a fresh listing, emitting events for what changed meanwhile.
     fn merge_relist(&self, fresh: BTreeMap<String, KeyValue>, rev: i64) -> i64 {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<String> = st.objects.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+        let gone: Vec<String> = st
+            .objects
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(prev) = st.objects.remove(&key) {
                 let mut last = (*prev).clone();
                 set_rv(&mut last, rev);
-                let ev = CacheEvent { kind: EventType::Deleted, key, revision: rev, object: Arc::new(last), prev: Some(prev) };
+                let ev = CacheEvent {
+                    kind: EventType::Deleted,
+                    key,
+                    revision: rev,
+                    object: Arc::new(last),
+                    prev: Some(prev),
+                };
                 self.push(&mut st, ev);
             }
         }
@@ -153,11 +232,26 @@ impl Cache {
             if old_rv == Some(kv.mod_revision) {
                 continue;
             }
-            let Some(v) = decode(&kv, kv.mod_revision) else { continue };
+            let Some(v) = decode(&kv, kv.mod_revision) else {
+                continue;
+            };
             let obj = Arc::new(v);
             let prev = st.objects.insert(key.clone(), obj.clone());
-            let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-            self.push(&mut st, CacheEvent { kind, key, revision: kv.mod_revision.max(rev), object: obj, prev });
+            let kind = if prev.is_some() {
+                EventType::Modified
+            } else {
+                EventType::Added
+            };
+            self.push(
+                &mut st,
+                CacheEvent {
+                    kind,
+                    key,
+                    revision: kv.mod_revision.max(rev),
+                    object: obj,
+                    prev,
+                },
+            );
         }
         st.revision = st.revision.max(rev);
         st.revision
@@ -175,16 +269,41 @@ impl Cache {
                 if let Some(v) = decode(&ev.kv, rev) {
                     let obj = Arc::new(v);
                     let prev = st.objects.insert(key.clone(), obj.clone());
-                    let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                    self.push(&mut st, CacheEvent { kind, key, revision: rev, object: obj, prev });
+                    let kind = if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    };
+                    self.push(
+                        &mut st,
+                        CacheEvent {
+                            kind,
+                            key,
+                            revision: rev,
+                            object: obj,
+                            prev,
+                        },
+                    );
                 }
             }
             EventKind::Delete => {
                 let prev = st.objects.remove(&key);
-                let last = prev.as_ref().map(|p| (**p).clone()).or_else(|| decode(&ev.kv, rev));
+                let last = prev
+                    .as_ref()
+                    .map(|p| (**p).clone())
+                    .or_else(|| decode(&ev.kv, rev));
                 if let Some(mut last) = last {
                     set_rv(&mut last, rev);
-                    self.push(&mut st, CacheEvent { kind: EventType::Deleted, key, revision: rev, object: Arc::new(last), prev });
+                    self.push(
+                        &mut st,
+                        CacheEvent {
+                            kind: EventType::Deleted,
+                            key,
+                            revision: rev,
+                            object: Arc::new(last),
+                            prev,
+                        },
+                    );
                 }
             }
         }
@@ -196,7 +315,7 @@ impl Cache {
     fn push(&self, st: &mut State, ev: CacheEvent) {
         let ev = Arc::new(ev);
         st.history.push_back(ev.clone());
-        while st.history.len() > HISTORY {
+        while st.history.len() > self.history_size {
             if let Some(old) = st.history.pop_front() {
                 st.history_start = old.revision;
             }
@@ -212,10 +331,10 @@ impl Cache {
     /// Waits until the cache has seen `rev` (read-your-writes).
     pub async fn wait_for(&self, rev: i64) -> Result<(), ApiError> {
         let mut rx = self.revision.subscribe();
-        let done = match tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= rev)).await {
-            Ok(Ok(_)) => true,
-            _ => false,
-        };
+        let done = matches!(
+            tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= rev)).await,
+            Ok(Ok(_))
+        );
         match done {
             true => Ok(()),
             _ => Err(ApiError::timeout(format!(
@@ -227,17 +346,30 @@ impl Cache {
 
     /// Waits until the cache holds everything the store has acknowledged.
     pub async fn sync(&self) -> Result<i64, ApiError> {
-        let rev = self.store.current_revision().await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let rev = self
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         self.wait_for(rev).await?;
         Ok(rev.max(self.revision()))
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).objects.get(key).cloned()
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .objects
+            .get(key)
+            .cloned()
     }
 
     /// Objects with keys under `prefix` starting after `start` (exclusive), in key order.
-    pub fn list(&self, prefix: &str, start_after: Option<&str>) -> (Vec<(String, Arc<Value>)>, i64) {
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> (Vec<(String, Arc<Value>)>, i64) {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         let lower = match start_after {
             Some(s) if s >= prefix => std::ops::Bound::Excluded(s.to_string()),
@@ -279,10 +411,18 @@ impl Cache {
                         st.history_start
                     )));
                 }
-                st.history.iter().filter(|e| e.revision > rev && e.key.starts_with(prefix)).cloned().collect()
+                st.history
+                    .iter()
+                    .filter(|e| e.revision > rev && e.key.starts_with(prefix))
+                    .cloned()
+                    .collect()
             }
         };
-        Ok(Subscription { initial, live, after: st.revision })
+        Ok(Subscription {
+            initial,
+            live,
+            after: st.revision,
+        })
     }
 
     /// The in-memory store behind this cache.
@@ -291,7 +431,11 @@ impl Cache {
     }
 
     /// Forwards matching events to a channel; used by in-process informers.
-    pub fn spawn_forward(self: &Arc<Self>, prefix: String, tx: mpsc::UnboundedSender<Arc<CacheEvent>>) -> Result<(), ApiError> {
+    pub fn spawn_forward(
+        self: &Arc<Self>,
+        prefix: String,
+        tx: mpsc::UnboundedSender<Arc<CacheEvent>>,
+    ) -> Result<(), ApiError> {
         let sub = self.subscribe(&prefix, None)?;
         tokio::spawn(async move {
             for e in sub.initial {
@@ -308,7 +452,9 @@ impl Cache {
                         }
                     }
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("informer lagged by {n} events"),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("informer lagged by {n} events")
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -318,7 +464,10 @@ impl Cache {
 }
 
 pub fn rv_of(v: &Value) -> i64 {
-    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn set_rv(v: &mut Value, rev: i64) {

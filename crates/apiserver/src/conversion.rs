@@ -14,7 +14,9 @@ pub fn convert(mut obj: Value, to: &ResourceInfo) -> Value {
     }
     obj = match (to.group.as_str(), to.version.as_str(), to.kind.as_str()) {
         ("autoscaling", "v1", "HorizontalPodAutoscaler") => hpa_v2_to_v1(obj),
-        ("autoscaling", "v2", "HorizontalPodAutoscaler") if from == "autoscaling/v1" => hpa_v1_to_v2(obj),
+        ("autoscaling", "v2", "HorizontalPodAutoscaler") if from == "autoscaling/v1" => {
+            hpa_v1_to_v2(obj)
+        }
         ("events.k8s.io", "v1", "Event") => event_core_to_v1(obj),
         ("", "v1", "Event") if from == "events.k8s.io/v1" => event_v1_to_core(obj),
         _ => obj,
@@ -38,23 +40,37 @@ fn hpa_v2_to_v1(mut obj: Value) -> Value {
             v1.insert(k.into(), v.clone());
         }
     }
-    let cpu = spec.get("metrics").and_then(Value::as_array).and_then(|ms| {
-        ms.iter().find(|m| m["type"] == "Resource" && m.pointer("/resource/name") == Some(&json!("cpu")))
-    });
+    let cpu = spec
+        .get("metrics")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter().find(|m| {
+                m["type"] == "Resource" && m.pointer("/resource/name") == Some(&json!("cpu"))
+            })
+        });
     if let Some(u) = cpu.and_then(|m| m.pointer("/resource/target/averageUtilization")) {
         v1.insert("targetCPUUtilizationPercentage".into(), u.clone());
     }
     obj["spec"] = Value::Object(v1);
     if let Some(status) = obj.get("status").and_then(Value::as_object).cloned() {
         let mut s = Map::new();
-        for k in ["observedGeneration", "lastScaleTime", "currentReplicas", "desiredReplicas"] {
+        for k in [
+            "observedGeneration",
+            "lastScaleTime",
+            "currentReplicas",
+            "desiredReplicas",
+        ] {
             if let Some(v) = status.get(k) {
                 s.insert(k.into(), v.clone());
             }
         }
-        let cur = status.get("currentMetrics").and_then(Value::as_array).and_then(|ms| {
-            ms.iter().find_map(|m| m.pointer("/resource/current/averageUtilization").cloned())
-        });
+        let cur = status
+            .get("currentMetrics")
+            .and_then(Value::as_array)
+            .and_then(|ms| {
+                ms.iter()
+                    .find_map(|m| m.pointer("/resource/current/averageUtilization").cloned())
+            });
         if let Some(c) = cur {
             s.insert("currentCPUUtilizationPercentage".into(), c);
         }
@@ -87,34 +103,90 @@ fn hpa_v1_to_v2(mut obj: Value) -> Value {
 }
 
 fn event_core_to_v1(obj: Value) -> Value {
-    let Value::Object(mut src) = obj else { return obj };
+    let Value::Object(mut src) = obj else {
+        return obj;
+    };
     let mut dst = Map::new();
-    for k in ["apiVersion", "kind", "metadata", "eventTime", "series", "action", "reason", "related", "reportingInstance", "type"] {
+    for k in [
+        "apiVersion",
+        "kind",
+        "metadata",
+        "eventTime",
+        "series",
+        "action",
+        "reason",
+        "related",
+        "reportingInstance",
+        "type",
+    ] {
         move_field(&mut src, &mut dst, k, k);
     }
     move_field(&mut src, &mut dst, "involvedObject", "regarding");
     move_field(&mut src, &mut dst, "message", "note");
-    move_field(&mut src, &mut dst, "reportingComponent", "reportingController");
+    move_field(
+        &mut src,
+        &mut dst,
+        "reportingComponent",
+        "reportingController",
+    );
     move_field(&mut src, &mut dst, "source", "deprecatedSource");
-    move_field(&mut src, &mut dst, "firstTimestamp", "deprecatedFirstTimestamp");
-    move_field(&mut src, &mut dst, "lastTimestamp", "deprecatedLastTimestamp");
+    move_field(
+        &mut src,
+        &mut dst,
+        "firstTimestamp",
+        "deprecatedFirstTimestamp",
+    );
+    move_field(
+        &mut src,
+        &mut dst,
+        "lastTimestamp",
+        "deprecatedLastTimestamp",
+    );
     move_field(&mut src, &mut dst, "count", "deprecatedCount");
     dst.entry("eventTime").or_insert(Value::Null);
     Value::Object(dst)
 }
 
 fn event_v1_to_core(obj: Value) -> Value {
-    let Value::Object(mut src) = obj else { return obj };
+    let Value::Object(mut src) = obj else {
+        return obj;
+    };
     let mut dst = Map::new();
-    for k in ["apiVersion", "kind", "metadata", "eventTime", "series", "action", "reason", "related", "reportingInstance", "type"] {
+    for k in [
+        "apiVersion",
+        "kind",
+        "metadata",
+        "eventTime",
+        "series",
+        "action",
+        "reason",
+        "related",
+        "reportingInstance",
+        "type",
+    ] {
         move_field(&mut src, &mut dst, k, k);
     }
     move_field(&mut src, &mut dst, "regarding", "involvedObject");
     move_field(&mut src, &mut dst, "note", "message");
-    move_field(&mut src, &mut dst, "reportingController", "reportingComponent");
+    move_field(
+        &mut src,
+        &mut dst,
+        "reportingController",
+        "reportingComponent",
+    );
     move_field(&mut src, &mut dst, "deprecatedSource", "source");
-    move_field(&mut src, &mut dst, "deprecatedFirstTimestamp", "firstTimestamp");
-    move_field(&mut src, &mut dst, "deprecatedLastTimestamp", "lastTimestamp");
+    move_field(
+        &mut src,
+        &mut dst,
+        "deprecatedFirstTimestamp",
+        "firstTimestamp",
+    );
+    move_field(
+        &mut src,
+        &mut dst,
+        "deprecatedLastTimestamp",
+        "lastTimestamp",
+    );
     move_field(&mut src, &mut dst, "deprecatedCount", "count");
     dst.entry("involvedObject").or_insert(json!({}));
     Value::Object(dst)
@@ -126,15 +198,24 @@ mod tests {
     use kobune_apimachinery::resource::builtins;
 
     fn info(group: &str, version: &str, plural: &str) -> ResourceInfo {
-        builtins().into_iter().find(|r| r.group == group && r.version == version && r.plural == plural).unwrap()
+        builtins()
+            .into_iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .unwrap()
     }
 
     #[test]
     fn hpa_round_trips_cpu_target() {
         let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "a"},
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5, "targetCPUUtilizationPercentage": 50}});
-        let v2 = convert(v1.clone(), &info("autoscaling", "v2", "horizontalpodautoscalers"));
-        assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
+        let v2 = convert(
+            v1.clone(),
+            &info("autoscaling", "v2", "horizontalpodautoscalers"),
+        );
+        assert_eq!(
+            v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            50
+        );
         let back = convert(v2, &info("autoscaling", "v1", "horizontalpodautoscalers"));
         assert_eq!(back["spec"], v1["spec"]);
     }

@@ -29,7 +29,11 @@ fn subresource(info: &ResourceInfo, sub: &str) -> (String, String, String, Vec<&
         "scale" => ("autoscaling".into(), "v1".into(), "Scale".into()),
         "eviction" => ("policy".into(), "v1".into(), "Eviction".into()),
         "binding" => ("".into(), "v1".into(), "Binding".into()),
-        "token" => ("authentication.k8s.io".into(), "v1".into(), "TokenRequest".into()),
+        "token" => (
+            "authentication.k8s.io".into(),
+            "v1".into(),
+            "TokenRequest".into(),
+        ),
         "exec" => ("".into(), "v1".into(), "PodExecOptions".into()),
         "attach" => ("".into(), "v1".into(), "PodAttachOptions".into()),
         "portforward" => ("".into(), "v1".into(), "PodPortForwardOptions".into()),
@@ -100,7 +104,10 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, versions)| {
-            let vs: Vec<Value> = versions.iter().map(|v| aggregated_version(&all, &g, v)).collect();
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| aggregated_version(&all, &g, v))
+                .collect();
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": vs})
         })
         .collect();
@@ -142,7 +149,11 @@ pub fn api_resource_list(resources: &Resources, group: &str, version: &str) -> O
         return None;
     }
     let mut items = vec![];
-    for r in resources.all().iter().filter(|r| r.group == group && r.version == version) {
+    for r in resources
+        .all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut o = json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced(),
             "kind": r.kind, "verbs": r.verbs(),
@@ -164,15 +175,25 @@ pub fn api_resource_list(resources: &Resources, group: &str, version: &str) -> O
             items.push(o);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": items}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": items}),
+    )
 }
 
 /// Resources by group version, for OpenAPI.
-pub fn by_group_version(resources: &Resources) -> BTreeMap<(String, String), Vec<Arc<ResourceInfo>>> {
+pub fn by_group_version(
+    resources: &Resources,
+) -> BTreeMap<(String, String), Vec<Arc<ResourceInfo>>> {
     let mut m: BTreeMap<(String, String), Vec<Arc<ResourceInfo>>> = BTreeMap::new();
     for r in resources.all() {
-        m.entry((r.group.clone(), r.version.clone())).or_default().push(r);
+        m.entry((r.group.clone(), r.version.clone()))
+            .or_default()
+            .push(r);
     }
     m
 }

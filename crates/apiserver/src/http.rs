@@ -6,7 +6,9 @@ use crate::auth::{self, UserInfo};
 use crate::cache::{rv_of, CacheEvent, EventType};
 use crate::discovery;
 use crate::openapi::{OpenApi, KUBE_VERSION};
-use crate::registry::{DeleteOptions, FieldValidation, ListOptions, PatchKind, Registry, WriteOptions};
+use crate::registry::{
+    DeleteOptions, FieldValidation, ListOptions, PatchKind, Registry, WriteOptions,
+};
 use crate::resources::Resources;
 use crate::table::{self, IncludeObject, TABLE_CONTENT_TYPE};
 use bytes::Bytes;
@@ -50,7 +52,11 @@ fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<
 }
 
 fn json_response(status: u16, v: &Value) -> Response<Body> {
-    respond(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -62,7 +68,11 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 fn not_found_path() -> ApiError {
-    ApiError::new(404, "NotFound", "the server could not find the requested resource")
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -72,8 +82,11 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -123,7 +136,11 @@ fn shape(accept: &str) -> Shape {
             }
             continue;
         }
-        if alt.starts_with("application/json") || alt.starts_with("*/*") || alt.starts_with("application/yaml") || alt.is_empty() {
+        if alt.starts_with("application/json")
+            || alt.starts_with("*/*")
+            || alt.starts_with("application/yaml")
+            || alt.is_empty()
+        {
             return Shape::Object;
         }
     }
@@ -153,14 +170,18 @@ impl Ctx {
             Some("Ignore") => FieldValidation::Ignore,
             Some(o) => {
                 return Err(ApiError::bad_request(format!(
-                    "fieldValidation parameter unsupported: {o:?}; must be one of Ignore, Warn, Strict"
-                )))
+                "fieldValidation parameter unsupported: {o:?}; must be one of Ignore, Warn, Strict"
+            )))
             }
         };
         let dry_run = match self.q("dryRun") {
             None | Some("") => false,
             Some("All") => true,
-            Some(o) => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {o:?}: supported values: \"All\""))),
+            Some(o) => {
+                return Err(ApiError::bad_request(format!(
+                    "dryRun: Unsupported value: {o:?}: supported values: \"All\""
+                )))
+            }
         };
         let field_manager = self.q("fieldManager").map(str::to_string).or_else(|| {
             let ua = self.user_agent.split('/').next().unwrap_or_default();
@@ -168,29 +189,48 @@ impl Ctx {
         });
         if field_manager.as_ref().is_some_and(|m| m.len() > 128) {
             return Err(ApiError::invalid(
-                "", "", "",
+                "",
+                "",
+                "",
                 vec![kobune_apimachinery::Cause::too_long("fieldManager", 128)],
             ));
         }
-        Ok(WriteOptions { dry_run, field_manager, field_validation, duplicates: vec![], force: self.flag("force") })
+        Ok(WriteOptions {
+            dry_run,
+            field_manager,
+            field_validation,
+            duplicates: vec![],
+            force: self.flag("force"),
+        })
     }
 
-    fn list_options(&self, registry: &Registry, info: &ResourceInfo) -> Result<ListOptions, ApiError> {
+    fn list_options(
+        &self,
+        registry: &Registry,
+        info: &ResourceInfo,
+    ) -> Result<ListOptions, ApiError> {
         let label_selector = Selector::parse_labels(self.q("labelSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
         let field_selector = Selector::parse_fields(self.q("fieldSelector").unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(e))?;
+            .map_err(ApiError::bad_request)?;
         registry.check_field_selector(info, &field_selector)?;
         let limit = match self.q("limit") {
             None | Some("") => None,
-            Some(l) => Some(l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("limit: invalid value {l:?}")))?.max(0) as usize),
+            Some(l) => Some(
+                l.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("limit: invalid value {l:?}")))?
+                    .max(0) as usize,
+            ),
         };
         Ok(ListOptions {
             label_selector,
             field_selector,
             limit,
             continue_token: self.q("continue").map(str::to_string),
-            resource_version: self.q("resourceVersion").filter(|s| !s.is_empty()).map(str::to_string),
+            resource_version: self
+                .q("resourceVersion")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
         })
     }
 }
@@ -199,17 +239,30 @@ impl Ctx {
 async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
     }
 }
 
 /// Decodes an object body by content type.
 fn decode_object(ctx: &Ctx, bytes: &[u8], opts: &mut WriteOptions) -> Result<Value, ApiError> {
-    let ct = ctx.content_type.split(';').next().unwrap_or_default().trim();
+    let ct = ctx
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
     match ct {
         "" | "application/json" | "*/*" => {
-            let d = decode_json(bytes).map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+            let d = decode_json(bytes)
+                .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
             opts.duplicates = d.duplicates;
             Ok(d.value)
         }
@@ -230,7 +283,11 @@ fn warning_headers(resp: &mut Response<Body>, warnings: &[String]) {
 }
 
 /// Entry point for one authenticated-or-not request.
-pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>, cert_user: Option<UserInfo>) -> Response<Body> {
+pub async fn handle(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+    cert_user: Option<UserInfo>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -238,26 +295,50 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>, cert_user: Opt
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    tracing::debug!("{method} {path} -> {} in {:?}", resp.status(), started.elapsed());
+    tracing::debug!(
+        "{method} {path} -> {} in {:?}",
+        resp.status(),
+        started.elapsed()
+    );
     resp
 }
 
-async fn route(state: &Arc<ApiState>, req: Request<Incoming>, cert_user: Option<UserInfo>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+    cert_user: Option<UserInfo>,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_string();
-    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let hdr = |h: header::HeaderName| req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let hdr = |h: header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
     let bearer = hdr(header::AUTHORIZATION);
     let user = cert_user.or_else(|| {
-        bearer.strip_prefix("Bearer ").and_then(|t| auth::from_token(t.trim(), &state.admin_token))
+        bearer
+            .strip_prefix("Bearer ")
+            .and_then(|t| auth::from_token(t.trim(), &state.admin_token))
     });
     // Health and version are public, as upstream's system:public-info-viewer.
     match (segs.as_slice(), req.method()) {
-        (["healthz"] | ["livez"] | ["readyz"], &Method::GET) => return Ok(respond(200, "text/plain; charset=utf-8", "ok")),
+        (["healthz"] | ["livez"] | ["readyz"], &Method::GET) => {
+            return Ok(respond(200, "text/plain; charset=utf-8", "ok"))
+        }
         (["version"], &Method::GET) => return Ok(json_response(200, &version())),
         _ => {}
     }
-    let Some(user) = user else { return Err(ApiError::unauthorized()) };
+    let Some(user) = user else {
+        return Err(ApiError::unauthorized());
+    };
     let ctx = Ctx {
         query: parse_query(req.uri().query()),
         accept: hdr(header::ACCEPT),
@@ -273,7 +354,10 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>, cert_user: Option<
             if aggregated {
                 return Ok(discovery_response(&discovery::aggregated(res, true)));
             }
-            Ok(json_response(200, &discovery::api_versions(&state.server_address)))
+            Ok(json_response(
+                200,
+                &discovery::api_versions(&state.server_address),
+            ))
         }
         ["apis"] if get => {
             if aggregated {
@@ -281,13 +365,26 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>, cert_user: Option<
             }
             Ok(json_response(200, &discovery::api_group_list(res)))
         }
-        ["api", v] if get => discovery::api_resource_list(res, "", v).map(|d| json_response(200, &d)).ok_or_else(not_found_path),
-        ["apis", g] if get => discovery::api_group(res, g).map(|d| json_response(200, &d)).ok_or_else(not_found_path),
-        ["apis", g, v] if get => discovery::api_resource_list(res, g, v).map(|d| json_response(200, &d)).ok_or_else(not_found_path),
-        ["openapi", "v2"] if get => Ok(respond(200, "application/json", state.openapi.v2(res).to_vec())),
+        ["api", v] if get => discovery::api_resource_list(res, "", v)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found_path),
+        ["apis", g] if get => discovery::api_group(res, g)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found_path),
+        ["apis", g, v] if get => discovery::api_resource_list(res, g, v)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found_path),
+        ["openapi", "v2"] if get => Ok(respond(
+            200,
+            "application/json",
+            state.openapi.v2(res).to_vec(),
+        )),
         ["openapi", "v3"] if get => Ok(json_response(200, &state.openapi.v3_index(res))),
         ["openapi", "v3", rest @ ..] if get => {
-            let doc = state.openapi.v3(res, &rest.join("/")).ok_or_else(not_found_path)?;
+            let doc = state
+                .openapi
+                .v3(res, &rest.join("/"))
+                .ok_or_else(not_found_path)?;
             Ok(respond(200, "application/json", doc.to_vec()))
         }
         ["api", v, rest @ ..] => resource(state, req, &ctx, "", v, rest).await,
@@ -326,20 +423,43 @@ fn parse_target<'a>(rest: &[&'a str]) -> Option<Target<'a>> {
         _ => (false, rest),
     };
     let t = match rest {
-        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") || !tail.is_empty() => {
-            Target { namespace: Some(ns), plural, name: tail.first().copied(), sub: tail.get(1).copied(), watch }
+        ["namespaces", ns, plural, tail @ ..]
+            if !matches!(*plural, "status" | "finalize") || !tail.is_empty() =>
+        {
+            Target {
+                namespace: Some(ns),
+                plural,
+                name: tail.first().copied(),
+                sub: tail.get(1).copied(),
+                watch,
+            }
         }
-        [plural, tail @ ..] => Target { namespace: None, plural, name: tail.first().copied(), sub: tail.get(1).copied(), watch },
+        [plural, tail @ ..] => Target {
+            namespace: None,
+            plural,
+            name: tail.first().copied(),
+            sub: tail.get(1).copied(),
+            watch,
+        },
         [] => return None,
     };
     let max = if t.namespace.is_some() { 5 } else { 3 };
-    let len = if t.namespace.is_some() { rest.len() } else { rest.len() + 2 };
-    (len <= max).then_some(t)
+    (rest.len() <= max).then_some(t)
 }
 
-async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, group: &str, version: &str, rest: &[&str]) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Response<Body>, ApiError> {
     let t = parse_target(rest).ok_or_else(not_found_path)?;
-    let info = state.resources.find(group, version, t.plural).ok_or_else(not_found_path)?;
+    let info = state
+        .resources
+        .find(group, version, t.plural)
+        .ok_or_else(not_found_path)?;
     let reg = &state.registry;
     let ns = if info.namespaced() { t.namespace } else { None };
     if !info.namespaced() && t.namespace.is_some() {
@@ -366,13 +486,24 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             }
             match shape(&ctx.accept) {
                 Shape::Table => {
-                    let include = IncludeObject::parse(ctx.q("includeObject")).map_err(ApiError::bad_request)?;
-                    Ok(respond(200, TABLE_CONTENT_TYPE, serde_json::to_vec(&table::table(&info, &list.items, include, meta)).unwrap_or_default()))
+                    let include = IncludeObject::parse(ctx.q("includeObject"))
+                        .map_err(ApiError::bad_request)?;
+                    Ok(respond(
+                        200,
+                        TABLE_CONTENT_TYPE,
+                        serde_json::to_vec(&table::table(&info, &list.items, include, meta))
+                            .unwrap_or_default(),
+                    ))
                 }
                 Shape::Metadata => {
-                    let items: Vec<Value> = list.items.iter().map(table::partial_metadata).collect();
+                    let items: Vec<Value> =
+                        list.items.iter().map(table::partial_metadata).collect();
                     let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-                    Ok(respond(200, "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1", serde_json::to_vec(&body).unwrap_or_default()))
+                    Ok(respond(
+                        200,
+                        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                    ))
                 }
                 Shape::Object => {
                     let body = json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": meta, "items": list.items});
@@ -388,20 +519,36 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             let obj = reg.get(&info, ns, name).await?;
             Ok(json_response(200, &to_scale(&info, &obj)))
         }
-        (&Method::GET, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward" | "proxy"))) => {
+        (
+            &Method::GET,
+            Some(name),
+            Some(sub @ ("log" | "exec" | "attach" | "portforward" | "proxy")),
+        ) => {
             let pod = reg.get(&info, ns, name).await?;
-            let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+            let node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if node.is_empty() {
-                return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+                return Err(ApiError::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
             }
-            Err(ApiError::new(503, "ServiceUnavailable", format!("{sub} for pod {name}: no node agent is serving node {node:?}")))
+            Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("{sub} for pod {name}: no node agent is serving node {node:?}"),
+            ))
         }
         (&Method::POST, None, None) => {
             let mut opts = ctx.write_options()?;
             let body = read_body(req.into_body()).await?;
             let obj = decode_object(ctx, &body, &mut opts)?;
             if !info.stored {
-                return Ok(json_response(201, &review(&info, obj, &ctx.user, &state.admin_token)));
+                return Ok(json_response(
+                    201,
+                    &review(&info, obj, &ctx.user, &state.admin_token),
+                ));
             }
             let res = reg.create(&info, ns, obj, &opts).await?;
             let mut r = json_response(201, &res.object);
@@ -419,8 +566,14 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             let body = read_body(req.into_body()).await?;
             let obj = decode_object(ctx, &body, &mut opts)?;
             if sub == Some("scale") {
-                let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
-                let precondition = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                let replicas = obj
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let precondition = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 let res = scale_to(reg, &info, ns, name, replicas, precondition, &opts).await?;
                 return Ok(json_response(200, &to_scale(&info, &res)));
             }
@@ -431,7 +584,13 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
         }
         (&Method::PATCH, Some(name), sub) => {
             let mut opts = ctx.write_options()?;
-            let ct = ctx.content_type.split(';').next().unwrap_or_default().trim().to_string();
+            let ct = ctx
+                .content_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             let kind = match ct.as_str() {
                 "application/json-patch+json" => PatchKind::Json,
                 "application/merge-patch+json" => PatchKind::Merge,
@@ -441,9 +600,11 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             };
             let body = read_body(req.into_body()).await?;
             let patch = match kind {
-                PatchKind::Apply => kobune_apimachinery::fields::decode_yaml(&body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+                PatchKind::Apply => kobune_apimachinery::fields::decode_yaml(&body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
                 _ => {
-                    let d = decode_json(&body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                    let d = decode_json(&body)
+                        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
                     opts.duplicates = d.duplicates;
                     d.value
                 }
@@ -452,10 +613,14 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
                 let cur = reg.get(&info, ns, name).await?;
                 let scale = to_scale(&info, &cur);
                 let patched = match kind {
-                    PatchKind::Json => kobune_apimachinery::patch::json_patch(&scale, &patch).map_err(|e| ApiError::new(422, "Invalid", e.0))?,
+                    PatchKind::Json => kobune_apimachinery::patch::json_patch(&scale, &patch)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.0))?,
                     _ => kobune_apimachinery::patch::json_merge_patch(&scale, &patch),
                 };
-                let replicas = patched.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+                let replicas = patched
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 let res = scale_to(reg, &info, ns, name, replicas, None, &opts).await?;
                 return Ok(json_response(200, &to_scale(&info, &res)));
             }
@@ -469,7 +634,10 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             let body = read_body(req.into_body()).await?;
             let opts = delete_options(ctx, &body)?;
             let obj = reg.delete(&info, ns, name, &opts).await?;
-            let pending = obj.pointer("/metadata/deletionTimestamp").is_some() && obj.pointer("/metadata/finalizers").is_some_and(|f| f.as_array().is_some_and(|a| !a.is_empty()));
+            let pending = obj.pointer("/metadata/deletionTimestamp").is_some()
+                && obj
+                    .pointer("/metadata/finalizers")
+                    .is_some_and(|f| f.as_array().is_some_and(|a| !a.is_empty()));
             Ok(json_response(if pending { 202 } else { 200 }, &obj))
         }
         (&Method::DELETE, None, None) => {
@@ -478,18 +646,33 @@ async fn resource(state: &Arc<ApiState>, req: Request<Incoming>, ctx: &Ctx, grou
             let list = ctx.list_options(reg, &info)?;
             let items = reg.delete_collection(&info, ns, &list, &opts).await?;
             let rv = reg.cache.revision().to_string();
-            Ok(json_response(200, &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv}, "items": items})))
+            Ok(json_response(
+                200,
+                &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv}, "items": items}),
+            ))
         }
-        _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource"))),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 
 fn single(info: &ResourceInfo, ctx: &Ctx, obj: &Value) -> Result<Response<Body>, ApiError> {
     match shape(&ctx.accept) {
         Shape::Table => {
-            let include = IncludeObject::parse(ctx.q("includeObject")).map_err(ApiError::bad_request)?;
-            let t = table::table(info, std::slice::from_ref(obj), include, json!({"resourceVersion": rv_of(obj).to_string()}));
-            Ok(respond(200, TABLE_CONTENT_TYPE, serde_json::to_vec(&t).unwrap_or_default()))
+            let include =
+                IncludeObject::parse(ctx.q("includeObject")).map_err(ApiError::bad_request)?;
+            let t = table::table(
+                info,
+                std::slice::from_ref(obj),
+                include,
+                json!({"resourceVersion": rv_of(obj).to_string()}),
+            );
+            Ok(respond(
+                200,
+                TABLE_CONTENT_TYPE,
+                serde_json::to_vec(&t).unwrap_or_default(),
+            ))
         }
         Shape::Metadata => Ok(respond(
             200,
@@ -506,19 +689,31 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
         let v = if ctx.content_type.contains("protobuf") {
             crate::protobuf::decode(body)?
         } else {
-            decode_json(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?.value
+            decode_json(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+                .value
         };
         opts.grace_period_seconds = v["gracePeriodSeconds"].as_i64();
         opts.propagation_policy = v["propagationPolicy"].as_str().map(str::to_string);
         if v["orphanDependents"] == json!(true) && opts.propagation_policy.is_none() {
             opts.propagation_policy = Some("Orphan".into());
         }
-        opts.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-        opts.precondition_rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
-        opts.dry_run = v["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All"));
+        opts.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.precondition_rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.dry_run = v["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
     }
     if let Some(g) = ctx.q("gracePeriodSeconds") {
-        opts.grace_period_seconds = Some(g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?);
+        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}"))
+        })?);
     }
     if let Some(p) = ctx.q("propagationPolicy") {
         opts.propagation_policy = Some(p.to_string());
@@ -528,7 +723,16 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     }
     if let Some(p) = &opts.propagation_policy {
         if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::invalid("DeleteOptions", "", "", vec![kobune_apimachinery::Cause::not_supported("propagationPolicy", &json!(p), &["Foreground", "Background", "Orphan", "nil"])]));
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "",
+                "",
+                vec![kobune_apimachinery::Cause::not_supported(
+                    "propagationPolicy",
+                    &json!(p),
+                    &["Foreground", "Background", "Orphan", "nil"],
+                )],
+            ));
         }
     }
     Ok(opts)
@@ -540,19 +744,31 @@ fn path_get<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
-    let paths = info.scale.clone().unwrap_or(kobune_apimachinery::resource::ScalePaths {
-        spec_replicas: ".spec.replicas".into(),
-        status_replicas: ".status.replicas".into(),
-        label_selector: None,
-    });
-    let spec = path_get(obj, &paths.spec_replicas).and_then(Value::as_i64).unwrap_or(0);
-    let status = path_get(obj, &paths.status_replicas).and_then(Value::as_i64).unwrap_or(0);
+    let paths = info
+        .scale
+        .clone()
+        .unwrap_or(kobune_apimachinery::resource::ScalePaths {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: None,
+        });
+    let spec = path_get(obj, &paths.spec_replicas)
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let status = path_get(obj, &paths.status_replicas)
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let selector = if info.definition.is_some() {
         obj.pointer("/spec/selector")
             .and_then(|s| Selector::from_label_selector(s).ok())
             .map(|s| s.to_string_form())
     } else {
-        paths.label_selector.as_deref().and_then(|p| path_get(obj, p)).and_then(Value::as_str).map(str::to_string)
+        paths
+            .label_selector
+            .as_deref()
+            .and_then(|p| path_get(obj, p))
+            .and_then(Value::as_str)
+            .map(str::to_string)
     };
     let m = &obj["metadata"];
     let mut status_v = json!({"replicas": status});
@@ -567,8 +783,20 @@ fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
     })
 }
 
-async fn scale_to(reg: &Registry, info: &ResourceInfo, ns: Option<&str>, name: &str, replicas: i64, precondition: Option<String>, opts: &WriteOptions) -> Result<Value, ApiError> {
-    let path = info.scale.as_ref().map(|s| s.spec_replicas.clone()).unwrap_or(".spec.replicas".into());
+async fn scale_to(
+    reg: &Registry,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    replicas: i64,
+    precondition: Option<String>,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
+    let path = info
+        .scale
+        .as_ref()
+        .map(|s| s.spec_replicas.clone())
+        .unwrap_or(".spec.replicas".into());
     let mut patch = json!(replicas);
     for part in path.trim_start_matches('.').rsplit('.') {
         patch = json!({ part: patch });
@@ -576,39 +804,80 @@ async fn scale_to(reg: &Registry, info: &ResourceInfo, ns: Option<&str>, name: &
     if let Some(rv) = precondition.filter(|s| !s.is_empty()) {
         patch["metadata"] = json!({"resourceVersion": rv});
     }
-    Ok(reg.patch(info, ns, name, PatchKind::Merge, &patch, opts, None).await?.object)
+    Ok(reg
+        .patch(info, ns, name, PatchKind::Merge, &patch, opts, None)
+        .await?
+        .object)
 }
 
-async fn post_subresource(state: &Arc<ApiState>, info: &ResourceInfo, ns: Option<&str>, name: &str, sub: &str, body: Value, opts: &WriteOptions) -> Result<Response<Body>, ApiError> {
+async fn post_subresource(
+    state: &Arc<ApiState>,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+    body: Value,
+    opts: &WriteOptions,
+) -> Result<Response<Body>, ApiError> {
     let reg = &state.registry;
     match sub {
         "eviction" => {
             let pod = reg.get(info, ns, name).await?;
             let delete = DeleteOptions {
                 dry_run: opts.dry_run,
-                grace_period_seconds: body.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64),
-                precondition_uid: pod.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string),
+                grace_period_seconds: body
+                    .pointer("/deleteOptions/gracePeriodSeconds")
+                    .and_then(Value::as_i64),
+                precondition_uid: pod
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 ..Default::default()
             };
             reg.delete(info, ns, name, &delete).await?;
-            Ok(json_response(201, &success_status(name, "", "Eviction", "")))
+            Ok(json_response(
+                201,
+                &success_status(name, "", "Eviction", ""),
+            ))
         }
         "binding" => {
-            let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let node = body
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if node.is_empty() {
-                return Err(ApiError::invalid("Binding", "", name, vec![kobune_apimachinery::Cause::required("target.name")]));
+                return Err(ApiError::invalid(
+                    "Binding",
+                    "",
+                    name,
+                    vec![kobune_apimachinery::Cause::required("target.name")],
+                ));
             }
             let pod = reg.get(info, ns, name).await?;
-            if let Some(cur) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-                return Err(ApiError::conflict("pods", "", name, &format!("pod {name} is already assigned to node {cur:?}")));
+            if let Some(cur) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                return Err(ApiError::conflict(
+                    "pods",
+                    "",
+                    name,
+                    &format!("pod {name} is already assigned to node {cur:?}"),
+                ));
             }
             let patch = json!({"spec": {"nodeName": node}, "metadata": {"resourceVersion": rv_of(&pod).to_string()}});
-            reg.patch(info, ns, name, PatchKind::Merge, &patch, opts, None).await?;
+            reg.patch(info, ns, name, PatchKind::Merge, &patch, opts, None)
+                .await?;
             Ok(json_response(201, &success_status(name, "", "Binding", "")))
         }
         "token" => {
             reg.get(info, ns, name).await?;
-            let secs = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+            let secs = body
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(3600);
             let exp = chrono::Utc::now() + chrono::Duration::seconds(secs);
             use rand::Rng;
             let raw: [u8; 24] = rand::rng().random();
@@ -619,7 +888,10 @@ async fn post_subresource(state: &Arc<ApiState>, info: &ResourceInfo, ns: Option
             out["metadata"]["namespace"] = json!(ns);
             Ok(json_response(201, &out))
         }
-        _ => Err(ApiError::method_not_allowed(format!("POST is not supported on {}/{sub}", info.plural))),
+        _ => Err(ApiError::method_not_allowed(format!(
+            "POST is not supported on {}/{sub}",
+            info.plural
+        ))),
     }
 }
 
@@ -641,9 +913,14 @@ fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, admin_token: &st
             obj["status"] = json!({"userInfo": {"username": user.username, "groups": user.groups}});
         }
         "TokenReview" => {
-            let token = obj.pointer("/spec/token").and_then(Value::as_str).unwrap_or_default();
+            let token = obj
+                .pointer("/spec/token")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             obj["status"] = match auth::from_token(token, admin_token) {
-                Some(u) => json!({"authenticated": true, "user": {"username": u.username, "groups": u.groups}}),
+                Some(u) => {
+                    json!({"authenticated": true, "user": {"username": u.username, "groups": u.groups}})
+                }
                 None => json!({"authenticated": false}),
             };
         }
@@ -661,19 +938,36 @@ fn event_json(kind: &str, obj: Value) -> Bytes {
     Bytes::from(v)
 }
 
-async fn watch_response(state: &Arc<ApiState>, info: &Arc<ResourceInfo>, ns: Option<&str>, ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+async fn watch_response(
+    state: &Arc<ApiState>,
+    info: &Arc<ResourceInfo>,
+    ns: Option<&str>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, ApiError> {
     let reg = state.registry.clone();
     let opts = ctx.list_options(&reg, info)?;
     let prefix = reg.prefix(info, ns);
-    let from = match opts.resource_version.as_deref() {
+    let requested = match opts.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
-        Some(s) => Some(s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {s:?}")))?,
+        ),
     };
     if opts.resource_version.is_none() {
         reg.cache.sync().await?;
-    } else if let Some(rev) = from {
+    } else if let Some(rev) = requested {
         reg.cache.wait_for(rev).await?;
     }
+    // Streaming lists (sendInitialEvents): the current state as ADDED events,
+    // then a bookmark marking their end; otherwise resume after the given version.
+    let send_initial = ctx.q("sendInitialEvents");
+    let from = match send_initial {
+        Some("true") => None,
+        Some("false") if requested.is_none() => Some(reg.cache.revision()),
+        _ => requested,
+    };
+    let initial_end_bookmark = send_initial == Some("true");
     let table_mode = shape(&ctx.accept) == Shape::Table;
     let include = IncludeObject::parse(ctx.q("includeObject")).map_err(ApiError::bad_request)?;
     let bookmarks = ctx.flag("allowWatchBookmarks");
@@ -683,13 +977,22 @@ async fn watch_response(state: &Arc<ApiState>, info: &Arc<ResourceInfo>, ns: Opt
         .map(Duration::from_secs)
         .unwrap_or_else(|| Duration::from_secs(1800 + rand::random::<u64>() % 1800));
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
-    let content_type = if table_mode { TABLE_CONTENT_TYPE } else { "application/json" };
+    let content_type = if table_mode {
+        TABLE_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     let render = {
         let info = info.clone();
         move |obj: &Value| -> Value {
             let o = crate::conversion::convert(obj.clone(), &info);
             if table_mode {
-                table::table(&info, std::slice::from_ref(&o), include, json!({"resourceVersion": rv_of(&o).to_string()}))
+                table::table(
+                    &info,
+                    std::slice::from_ref(&o),
+                    include,
+                    json!({"resourceVersion": rv_of(&o).to_string()}),
+                )
             } else {
                 o
             }
@@ -703,8 +1006,19 @@ async fn watch_response(state: &Arc<ApiState>, info: &Arc<ResourceInfo>, ns: Opt
             let info = info.clone();
             tokio::spawn(async move {
                 let send = |ev: &CacheEvent| -> Option<Bytes> {
-                    let matches_now = reg.matches(&info, &ev.object, &opts.label_selector, &opts.field_selector);
-                    let matched_before = ev.prev.as_ref().is_some_and(|p| reg.matches(&info, p, &opts.label_selector, &opts.field_selector));
+                    let matches_now = reg.matches(
+                        &info,
+                        &ev.object,
+                        &opts.label_selector,
+                        &opts.field_selector,
+                    );
+                    let matched_before = match &ev.prev {
+                        Some(p) => {
+                            reg.matches(&info, p, &opts.label_selector, &opts.field_selector)
+                        }
+                        // Replayed history may not know the earlier state: assume unchanged membership.
+                        None => ev.kind == EventType::Modified && matches_now,
+                    };
                     let kind = match ev.kind {
                         EventType::Added if matches_now => "ADDED",
                         EventType::Modified if matches_now && matched_before => "MODIFIED",
@@ -720,6 +1034,18 @@ async fn watch_response(state: &Arc<ApiState>, info: &Arc<ResourceInfo>, ns: Opt
                         if tx.send(Ok(Frame::data(b))).await.is_err() {
                             return;
                         }
+                    }
+                }
+                if initial_end_bookmark {
+                    let bm = json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {
+                        "resourceVersion": sub.after.to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    if tx
+                        .send(Ok(Frame::data(event_json("BOOKMARK", bm))))
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
                 }
                 let deadline = tokio::time::sleep(timeout);
@@ -771,25 +1097,47 @@ mod tests {
     #[test]
     fn targets_parse_like_upstream_paths() {
         let t = parse_target(&["namespaces", "default", "pods", "web", "status"]).unwrap();
-        assert_eq!((t.namespace, t.plural, t.name, t.sub), (Some("default"), "pods", Some("web"), Some("status")));
+        assert_eq!(
+            (t.namespace, t.plural, t.name, t.sub),
+            (Some("default"), "pods", Some("web"), Some("status"))
+        );
         let t = parse_target(&["namespaces", "kube-system", "status"]).unwrap();
-        assert_eq!((t.namespace, t.plural, t.name, t.sub), (None, "namespaces", Some("kube-system"), Some("status")));
+        assert_eq!(
+            (t.namespace, t.plural, t.name, t.sub),
+            (None, "namespaces", Some("kube-system"), Some("status"))
+        );
         let t = parse_target(&["watch", "namespaces", "a", "configmaps"]).unwrap();
         assert!(t.watch);
         assert_eq!(t.plural, "configmaps");
         assert!(parse_target(&["nodes", "a", "b", "c"]).is_none());
+        let t = parse_target(&["namespaces", "zz"]).unwrap();
+        assert_eq!(
+            (t.namespace, t.plural, t.name),
+            (None, "namespaces", Some("zz"))
+        );
     }
 
     #[test]
     fn negotiation_prefers_first_supported() {
         assert_eq!(shape("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"), Shape::Table);
-        assert_eq!(shape("application/vnd.kubernetes.protobuf, */*"), Shape::Object);
-        assert_eq!(shape("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"), Shape::Metadata);
+        assert_eq!(
+            shape("application/vnd.kubernetes.protobuf, */*"),
+            Shape::Object
+        );
+        assert_eq!(
+            shape(
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+            ),
+            Shape::Metadata
+        );
     }
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("app%3Dweb%2Ctier+in+(a)"), "app=web,tier in (a)");
+        assert_eq!(
+            percent_decode("app%3Dweb%2Ctier+in+(a)"),
+            "app=web,tier in (a)"
+        );
         assert_eq!(percent_decode("100%"), "100%");
     }
 }

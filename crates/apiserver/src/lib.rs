@@ -2,6 +2,9 @@
 //! authentication in front of the generic [`registry`], which reads through
 //! the watch [`cache`] and writes to a [`kobune_store::Store`].
 
+// ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod cache;
 pub mod conversion;
@@ -34,6 +37,8 @@ pub struct Config {
     pub token: Option<String>,
     pub service_cidr: String,
     pub datastore_endpoint: String,
+    /// Events kept for watches resuming from a resourceVersion.
+    pub watch_cache_size: usize,
 }
 
 pub struct ApiServer {
@@ -48,7 +53,10 @@ pub struct ApiServer {
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let (ip, bits) = s.split_once('/').context("CIDR needs a /prefix")?;
     let bits: u8 = bits.parse().context("CIDR prefix")?;
-    anyhow::ensure!((8..=30).contains(&bits), "CIDR prefix must be between /8 and /30");
+    anyhow::ensure!(
+        (8..=30).contains(&bits),
+        "CIDR prefix must be between /8 and /30"
+    );
     Ok((ip.parse().context("CIDR address")?, bits))
 }
 
@@ -58,11 +66,15 @@ fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
     for c in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
         roots.add(c?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -75,8 +87,14 @@ fn tls_config(pki: &pki::Pki) -> Result<rustls::ServerConfig> {
 impl ApiServer {
     /// Opens the store, loads the cache and PKI, and creates the default objects.
     pub async fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<ApiServer> {
-        let pki = Arc::new(pki::Pki::ensure(&cfg.data_dir.join("tls"), &cfg.tls_sans, cfg.token.as_deref())?);
-        let cache = cache::Cache::start(store.clone()).await.map_err(|e| anyhow::anyhow!("starting watch cache: {e}"))?;
+        let pki = Arc::new(pki::Pki::ensure(
+            &cfg.data_dir.join("tls"),
+            &cfg.tls_sans,
+            cfg.token.as_deref(),
+        )?);
+        let cache = cache::Cache::start(store.clone(), cfg.watch_cache_size)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting watch cache: {e}"))?;
         let resources = Arc::new(resources::Resources::new());
         let registry = Arc::new(Registry {
             store: store.clone(),
@@ -92,7 +110,13 @@ impl ApiServer {
             server_address: cfg.listen.to_string(),
         });
         let tls = Arc::new(tls_config(&pki)?);
-        let server = ApiServer { registry, pki, state, tls, listen: cfg.listen };
+        let server = ApiServer {
+            registry,
+            pki,
+            state,
+            tls,
+            listen: cfg.listen,
+        };
         server.bootstrap().await?;
         server.follow_crds();
         kobune_store::spawn_compactor(store, std::time::Duration::from_secs(300), 10_000);
@@ -102,8 +126,14 @@ impl ApiServer {
     /// Default namespaces and the `kubernetes` Service, as a fresh cluster has.
     async fn bootstrap(&self) -> Result<()> {
         let reg = &self.registry;
-        let ns = reg.resources.find("", "v1", "namespaces").expect("built in");
-        let opts = registry::WriteOptions { field_manager: Some("kobune".into()), ..Default::default() };
+        let ns = reg
+            .resources
+            .find("", "v1", "namespaces")
+            .expect("built in");
+        let opts = registry::WriteOptions {
+            field_manager: Some("kobune".into()),
+            ..Default::default()
+        };
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             match reg.create(&ns, None, obj, &opts).await {
@@ -160,7 +190,12 @@ impl ApiServer {
             let acceptor = acceptor.clone();
             let state = self.state.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
                     Ok(Ok(t)) => t,
                     _ => return,
                 };
@@ -173,10 +208,14 @@ impl ApiServer {
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     let user = user.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(state, req, user).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::handle(state, req, user).await)
+                    }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await;
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
             });
         }
     }

@@ -77,12 +77,18 @@ fn query(name: &str, desc: &str) -> Value {
 fn operation(r: &ResourceInfo, action: &str, op_id: &str, schema_ref: &str, v3: bool) -> Value {
     let mut params = vec![];
     if matches!(action, "put" | "patch" | "post") {
-        params.push(query("dryRun", "When present, indicates that modifications should not be persisted."));
+        params.push(query(
+            "dryRun",
+            "When present, indicates that modifications should not be persisted.",
+        ));
         params.push(query("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes."));
         params.push(query("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn, Strict."));
     }
     if action == "patch" {
-        params.push(query("force", "Force is going to \"force\" Apply requests."));
+        params.push(query(
+            "force",
+            "Force is going to \"force\" Apply requests.",
+        ));
     }
     if !v3 {
         for p in params.iter_mut() {
@@ -105,9 +111,17 @@ fn operation(r: &ResourceInfo, action: &str, op_id: &str, schema_ref: &str, v3: 
         "x-kubernetes-group-version-kind": gvk(r),
     });
     if action == "patch" {
-        let types = ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"];
+        let types = [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+        ];
         if v3 {
-            let content: Map<String, Value> = types.iter().map(|t| (t.to_string(), json!({"schema": {"type": "object"}}))).collect();
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| (t.to_string(), json!({"schema": {"type": "object"}})))
+                .collect();
             op["requestBody"] = json!({"content": content, "required": true});
         } else {
             op["consumes"] = json!(types);
@@ -117,20 +131,46 @@ fn operation(r: &ResourceInfo, action: &str, op_id: &str, schema_ref: &str, v3: 
 }
 
 fn paths_for(r: &ResourceInfo, v3: bool, ref_prefix: &str) -> Vec<(String, Value)> {
-    let base = if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
+    let base = if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    };
     let schema_ref = format!("{ref_prefix}{}", definition_name(r));
     let op_base = format!("{}{}", r.kind, r.version);
-    let coll = if r.namespaced() { format!("{base}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{base}/{}", r.plural) };
+    let coll = if r.namespaced() {
+        format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+    } else {
+        format!("{base}/{}", r.plural)
+    };
     let mut out = vec![];
     let mut c = Map::new();
-    c.insert("post".into(), operation(r, "post", &format!("create{op_base}"), &schema_ref, v3));
+    c.insert(
+        "post".into(),
+        operation(r, "post", &format!("create{op_base}"), &schema_ref, v3),
+    );
     if r.stored {
-        c.insert("get".into(), operation(r, "list", &format!("list{op_base}"), &schema_ref, v3));
+        c.insert(
+            "get".into(),
+            operation(r, "list", &format!("list{op_base}"), &schema_ref, v3),
+        );
         let mut item = Map::new();
-        item.insert("get".into(), operation(r, "get", &format!("read{op_base}"), &schema_ref, v3));
-        item.insert("put".into(), operation(r, "put", &format!("replace{op_base}"), &schema_ref, v3));
-        item.insert("patch".into(), operation(r, "patch", &format!("patch{op_base}"), &schema_ref, v3));
-        item.insert("delete".into(), operation(r, "delete", &format!("delete{op_base}"), &schema_ref, v3));
+        item.insert(
+            "get".into(),
+            operation(r, "get", &format!("read{op_base}"), &schema_ref, v3),
+        );
+        item.insert(
+            "put".into(),
+            operation(r, "put", &format!("replace{op_base}"), &schema_ref, v3),
+        );
+        item.insert(
+            "patch".into(),
+            operation(r, "patch", &format!("patch{op_base}"), &schema_ref, v3),
+        );
+        item.insert(
+            "delete".into(),
+            operation(r, "delete", &format!("delete{op_base}"), &schema_ref, v3),
+        );
         out.push((format!("{coll}/{{name}}"), Value::Object(item)));
     }
     out.push((coll, Value::Object(c)));
@@ -140,8 +180,15 @@ fn paths_for(r: &ResourceInfo, v3: bool, ref_prefix: &str) -> Vec<(String, Value
 /// Builds a document for the given resources.
 fn document(resources: &[Arc<ResourceInfo>], v3: bool) -> Value {
     let all_defs = definitions();
-    let ref_prefix = if v3 { "#/components/schemas/" } else { "#/definitions/" };
-    let roots: Vec<String> = resources.iter().filter_map(|r| r.definition.clone()).collect();
+    let ref_prefix = if v3 {
+        "#/components/schemas/"
+    } else {
+        "#/definitions/"
+    };
+    let roots: Vec<String> = resources
+        .iter()
+        .filter_map(|r| r.definition.clone())
+        .collect();
     let mut extra = vec![
         "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions".to_string(),
         "io.k8s.apimachinery.pkg.apis.meta.v1.Status".to_string(),
@@ -161,14 +208,19 @@ fn document(resources: &[Arc<ResourceInfo>], v3: bool) -> Value {
         let name = definition_name(r);
         gvks.entry(name.clone()).or_default().push(gvk(r));
         if r.definition.is_none() {
-            let mut s = r.crd_schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            let mut s = r.crd_schema.clone().unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
             if let Some(props) = s.get_mut("properties").and_then(Value::as_object_mut) {
                 props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
                 props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
                 props.insert("metadata".into(), json!({"$ref": format!("{ref_prefix}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")}));
             }
             schemas.insert(name, s);
-            for n in reachable(all_defs, &["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".to_string()]) {
+            for n in reachable(
+                all_defs,
+                &["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".to_string()],
+            ) {
                 if let Some(d) = all_defs.get(&n) {
                     let mut d = d.clone();
                     rewrite_refs(&mut d, ref_prefix);
@@ -196,10 +248,13 @@ fn document(resources: &[Arc<ResourceInfo>], v3: bool) -> Value {
     }
 }
 
+/// A rendered document and the resource generation it was built for.
+type CachedDoc = (u64, Arc<Vec<u8>>);
+
 /// Caches generated documents until the set of resources changes.
 #[derive(Default)]
 pub struct OpenApi {
-    cache: Mutex<BTreeMap<String, (u64, Arc<Vec<u8>>)>>,
+    cache: Mutex<BTreeMap<String, CachedDoc>>,
 }
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -224,7 +279,9 @@ impl OpenApi {
     }
 
     pub fn v2(&self, resources: &Resources) -> Arc<Vec<u8>> {
-        self.cached("v2", resources.generation(), || document(&resources.all(), false))
+        self.cached("v2", resources.generation(), || {
+            document(&resources.all(), false)
+        })
     }
 
     /// The `/openapi/v3` index: one entry per group version.
@@ -232,8 +289,14 @@ impl OpenApi {
         let mut paths = Map::new();
         for (g, v) in by_group_version(resources).keys() {
             let p = gv_path(g, v);
-            let hash = format!("{:016X}", resources.generation().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ fxhash(&p));
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+            let hash = format!(
+                "{:016X}",
+                resources.generation().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ fxhash(&p)
+            );
+            paths.insert(
+                p.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+            );
         }
         json!({"paths": paths})
     }
@@ -248,5 +311,7 @@ impl OpenApi {
 }
 
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

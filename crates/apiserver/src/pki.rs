@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,10 @@ fn leaf_params(cn: &str, orgs: &[&str], days: i64) -> Result<CertificateParams> 
     let now = time_now();
     p.not_before = now - std::time::Duration::from_secs(3600);
     p.not_after = now + std::time::Duration::from_secs(days as u64 * 86400);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     Ok(p)
 }
 
@@ -73,7 +76,11 @@ impl Pki {
                 let mut p = CertificateParams::new(Vec::<String>::new())?;
                 p.distinguished_name.push(DnType::CommonName, "kobune-ca");
                 p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                p.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
                 let now = time_now();
                 p.not_before = now - std::time::Duration::from_secs(3600);
                 p.not_after = now + std::time::Duration::from_secs(3650 * 86400);

@@ -93,9 +93,12 @@ fn store_err(info: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
         StoreError::AlreadyExists => ApiError::already_exists(&info.plural, &info.group, name),
         StoreError::NotFound => ApiError::not_found(&info.plural, &info.group, name),
         StoreError::Conflict(_) => ApiError::modified(&info.plural, &info.group, name),
-        StoreError::Compacted { requested, compacted } => {
-            ApiError::expired(format!("too old resource version: {requested} ({compacted})"))
-        }
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
         StoreError::Unavailable(m) => ApiError::internal(m),
     }
 }
@@ -106,24 +109,36 @@ pub fn schema_for(info: &ResourceInfo) -> Option<SchemaNode<'_>> {
     if let Some(def) = &info.definition {
         return SchemaNode::definition(schema::definitions(), def);
     }
-    info.crd_schema.as_ref().map(|s| SchemaNode::inline(EMPTY.get_or_init(Map::new), s))
+    info.crd_schema
+        .as_ref()
+        .map(|s| SchemaNode::inline(EMPTY.get_or_init(Map::new), s))
 }
 
 fn meta(obj: &Value, field: &str) -> Option<String> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).map(str::to_string)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -134,7 +149,10 @@ fn has_pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
     }
     info.group.is_empty()
         && info.plural == "namespaces"
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
 }
 
 /// Equal apart from fields every write changes.
@@ -155,7 +173,9 @@ const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..5).map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char)
+        .collect()
 }
 
 /// Field paths as upstream prints them in strict decoding errors.
@@ -192,7 +212,12 @@ impl Registry {
     }
 
     /// Unknown/duplicate fields per `fieldValidation`: Strict fails, Warn warns.
-    fn check_fields(&self, info: &ResourceInfo, obj: &Value, opts: &WriteOptions) -> Result<Vec<String>, ApiError> {
+    fn check_fields(
+        &self,
+        info: &ResourceInfo,
+        obj: &Value,
+        opts: &WriteOptions,
+    ) -> Result<Vec<String>, ApiError> {
         if opts.field_validation == FieldValidation::Ignore {
             return Ok(vec![]);
         }
@@ -201,7 +226,10 @@ impl Registry {
             return Ok(vec![]);
         }
         if opts.field_validation == FieldValidation::Strict {
-            return Err(ApiError::bad_request(format!("strict decoding error: {}", problems.join(", "))));
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                problems.join(", ")
+            )));
         }
         Ok(problems)
     }
@@ -216,7 +244,9 @@ impl Registry {
     }
 
     fn check_type(&self, info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
-        let Some(s) = schema_for(info) else { return Ok(()) };
+        let Some(s) = schema_for(info) else {
+            return Ok(());
+        };
         let errs = schema::type_errors(s, obj);
         if errs.is_empty() {
             return Ok(());
@@ -230,28 +260,46 @@ impl Registry {
                 errs.join(", ")
             )));
         }
-        let causes = errs.into_iter().map(|e| Cause::new("FieldValueInvalid", "", e)).collect();
-        Err(ApiError::invalid(&info.kind, &info.group, &meta(obj, "name").unwrap_or_default(), causes))
+        let causes = errs
+            .into_iter()
+            .map(|e| Cause::new("FieldValueInvalid", "", e))
+            .collect();
+        Err(ApiError::invalid(
+            &info.kind,
+            &info.group,
+            &meta(obj, "name").unwrap_or_default(),
+            causes,
+        ))
     }
 
-    /// Checks apiVersion/kind of a request body against the endpoint.
-    fn check_gvk(&self, info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
-        if !obj.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+    /// Checks apiVersion/kind of a request body against the endpoint; absent
+    /// ones default to the endpoint's, as upstream decoding does.
+    fn check_gvk(&self, info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+        let Some(m) = obj.as_object_mut() else {
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        };
+        for (field, default) in [
+            ("kind", info.kind.clone()),
+            ("apiVersion", info.api_version()),
+        ] {
+            if m.get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                m.insert(field.into(), Value::String(default));
+            }
         }
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        if kind.is_empty() {
-            return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{}'", compact(obj))));
-        }
-        if api_version.is_empty() {
-            return Err(ApiError::bad_request(format!("Object 'apiVersion' is missing in '{}'", compact(obj))));
-        }
-        let served = self
-            .resources
-            .all()
-            .into_iter()
-            .any(|r| r.storage == info.storage && r.api_version() == api_version && r.kind == kind);
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let served =
+            self.resources.all().into_iter().any(|r| {
+                r.storage == info.storage && r.api_version() == api_version && r.kind == kind
+            });
         if !served {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({api_version}) does not match the expected API version ({})",
@@ -262,12 +310,20 @@ impl Registry {
         Ok(())
     }
 
-    fn namespace_check(&self, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
+    fn namespace_check(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
         if !info.namespaced() {
             return Ok(());
         }
         let ns = ns.unwrap_or_default();
-        let nsinfo = self.resources.find("", "v1", "namespaces").expect("namespaces are built in");
+        let nsinfo = self
+            .resources
+            .find("", "v1", "namespaces")
+            .expect("namespaces are built in");
         match self.cache.get(&nsinfo.key(None, ns)) {
             None => Err(ApiError::not_found("namespaces", "", ns)),
             Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(
@@ -280,20 +336,35 @@ impl Registry {
         }
     }
 
-    pub async fn get(&self, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.cache.sync().await?;
         self.get_cached(info, ns, name)
     }
 
     /// Reads without waiting for the cache to catch up (controllers).
-    pub fn get_cached(&self, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn get_cached(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         match self.cache.get(&info.key(ns, name)) {
             Some(o) => Ok(self.out(info, &o)),
             None => Err(ApiError::not_found(&info.plural, &info.group, name)),
         }
     }
 
-    pub async fn list(&self, info: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub async fn list(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let mut start_after = None;
         let mut token_rv = None;
         if let Some(tok) = opts.continue_token.as_deref().filter(|t| !t.is_empty()) {
@@ -307,7 +378,11 @@ impl Registry {
             token_rv = v["rv"].as_i64();
         }
         if opts.resource_version.as_deref() != Some("0") {
-            match opts.resource_version.as_deref().and_then(|s| s.parse::<i64>().ok()) {
+            match opts
+                .resource_version
+                .as_deref()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
                 Some(rv) if rv > 0 => self.cache.wait_for(rv).await?,
                 _ => {
                     self.cache.sync().await?;
@@ -338,11 +413,22 @@ impl Registry {
             let tok = json!({"start": last_key, "rv": rv}).to_string();
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok)
         });
-        Ok(ListResult { items, resource_version: rv, continue_token, remaining: more.then_some(remaining) })
+        Ok(ListResult {
+            items,
+            resource_version: rv,
+            continue_token,
+            remaining: more.then_some(remaining),
+        })
     }
 
     /// Does an object match label and field selectors?
-    pub fn matches(&self, info: &ResourceInfo, obj: &Value, labels: &Selector, fields: &Selector) -> bool {
+    pub fn matches(
+        &self,
+        info: &ResourceInfo,
+        obj: &Value,
+        labels: &Selector,
+        fields: &Selector,
+    ) -> bool {
         let l = obj.pointer("/metadata/labels").and_then(Value::as_object);
         if !labels.matches_labels(l) {
             return false;
@@ -355,11 +441,20 @@ impl Registry {
     }
 
     /// Validates a field selector's keys for a resource, as upstream does.
-    pub fn check_field_selector(&self, info: &ResourceInfo, sel: &Selector) -> Result<(), ApiError> {
+    pub fn check_field_selector(
+        &self,
+        info: &ResourceInfo,
+        sel: &Selector,
+    ) -> Result<(), ApiError> {
         use kobune_apimachinery::selectors::Requirement::*;
         for r in &sel.0 {
             let key = match r {
-                Equals(k, _) | NotEquals(k, _) | In(k, _) | NotIn(k, _) | Exists(k) | DoesNotExist(k) => k,
+                Equals(k, _)
+                | NotEquals(k, _)
+                | In(k, _)
+                | NotIn(k, _)
+                | Exists(k)
+                | DoesNotExist(k) => k,
             };
             if !supported_field(info, key) {
                 return Err(ApiError::bad_request(format!(
@@ -370,8 +465,14 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn create(&self, info: &ResourceInfo, ns: Option<&str>, mut obj: Value, opts: &WriteOptions) -> Result<WriteResult, ApiError> {
-        self.check_gvk(info, &obj)?;
+    pub async fn create(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult, ApiError> {
+        self.check_gvk(info, &mut obj)?;
         let warnings = self.check_fields(info, &obj, opts)?;
         self.check_type(info, &obj)?;
         let storage = self.resources.storage_version(info);
@@ -393,14 +494,28 @@ impl Registry {
             } else {
                 m.remove("namespace");
             }
-            let name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if name.is_empty() {
-                if let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+                if let Some(g) = m
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .filter(|g| !g.is_empty())
+                {
                     let generated = format!("{g}{}", random_suffix());
                     m.insert("name".into(), json!(generated));
                 }
             }
-            for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            for f in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "managedFields",
+            ] {
                 m.remove(f);
             }
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -417,7 +532,11 @@ impl Registry {
                 &info.kind,
                 &info.group,
                 "",
-                vec![Cause::new("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")],
+                vec![Cause::new(
+                    "FieldValueRequired",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )],
             ));
         }
         self.prune(info, &mut obj);
@@ -433,20 +552,44 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
+        self.cache.sync().await?;
         self.namespace_check(info, ns, &name)?;
-        let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
-        patch::track_update(None, &mut obj, &manager, "Update", None, &now, schema_for(&storage));
+        let manager = opts
+            .field_manager
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
+        patch::track_update(
+            None,
+            &mut obj,
+            &manager,
+            "Update",
+            None,
+            &now,
+            schema_for(&storage),
+        );
         let key = storage.key(ns, &name);
         if opts.dry_run {
             if self.cache.get(&key).is_some() {
                 return Err(ApiError::already_exists(&info.plural, &info.group, &name));
             }
-            return Ok(WriteResult { object: self.out(info, &obj), warnings, created: true });
+            return Ok(WriteResult {
+                object: self.out(info, &obj),
+                warnings,
+                created: true,
+            });
         }
         let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
-        let rev = self.store.create(&key, bytes).await.map_err(|e| store_err(info, &name, e))?;
+        let rev = self
+            .store
+            .create(&key, bytes)
+            .await
+            .map_err(|e| store_err(info, &name, e))?;
         set_rv(&mut obj, rev);
-        Ok(WriteResult { object: self.out(info, &obj), warnings, created: true })
+        Ok(WriteResult {
+            object: self.out(info, &obj),
+            warnings,
+            created: true,
+        })
     }
 
     /// Replaces an object (PUT), or one of its subresources.
@@ -455,11 +598,11 @@ impl Registry {
         info: &ResourceInfo,
         ns: Option<&str>,
         name: &str,
-        obj: Value,
+        mut obj: Value,
         opts: &WriteOptions,
         subresource: Option<&str>,
     ) -> Result<WriteResult, ApiError> {
-        self.check_gvk(info, &obj)?;
+        self.check_gvk(info, &mut obj)?;
         let warnings = self.check_fields(info, &obj, opts)?;
         self.check_type(info, &obj)?;
         self.cache.sync().await?;
@@ -478,7 +621,9 @@ impl Registry {
         let expected = match meta(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) => {
                 let rv: i64 = rv.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}: must be an integer"))
+                    ApiError::bad_request(format!(
+                        "invalid resourceVersion {rv:?}: must be an integer"
+                    ))
                 })?;
                 if rv != rv_of(&current) {
                     return Err(ApiError::modified(&info.plural, &info.group, name));
@@ -489,10 +634,29 @@ impl Registry {
         };
         let mut obj = obj;
         self.prune(info, &mut obj);
-        let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
+        let manager = opts
+            .field_manager
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
         let mut obj = convert(obj, &storage);
-        let res = self.write_update(&storage, info, &current, obj.take(), expected, opts, subresource, &manager, None).await?;
-        Ok(WriteResult { object: res, warnings, created: false })
+        let res = self
+            .write_update(
+                &storage,
+                info,
+                &current,
+                obj.take(),
+                expected,
+                opts,
+                subresource,
+                &manager,
+                None,
+            )
+            .await?;
+        Ok(WriteResult {
+            object: res,
+            warnings,
+            created: false,
+        })
     }
 
     /// The shared tail of update and patch: merge rules, validation, store write.
@@ -514,7 +678,15 @@ impl Registry {
         {
             let cm = current["metadata"].as_object().cloned().unwrap_or_default();
             let m = meta_mut(&mut obj);
-            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+                "generation",
+            ] {
                 match cm.get(f) {
                     Some(v) => m.insert(f.into(), v.clone()),
                     None => m.remove(f),
@@ -532,7 +704,11 @@ impl Registry {
         if strategy::tracks_generation(storage)
             && strategy::generation_relevant(current) != strategy::generation_relevant(&obj)
         {
-            let g = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let g = current
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             meta_mut(&mut obj).insert("generation".into(), json!(g));
         }
         // Deleting objects may only lose finalizers.
@@ -557,7 +733,15 @@ impl Registry {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
         if applied.is_none() {
-            patch::track_update(Some(current), &mut obj, manager, "Update", subresource, &now, schema_for(storage));
+            patch::track_update(
+                Some(current),
+                &mut obj,
+                manager,
+                "Update",
+                subresource,
+                &now,
+                schema_for(storage),
+            );
         }
         set_rv(&mut obj, expected);
         if same_content(current, &obj) {
@@ -567,13 +751,24 @@ impl Registry {
         if opts.dry_run {
             return Ok(self.out(info, &obj));
         }
-        if obj.pointer("/metadata/deletionTimestamp").is_some() && !has_pending_finalizers(storage, &obj) {
-            let rev = self.store.delete(&key, Some(expected)).await.map_err(|e| store_err(info, &name, e))?;
+        if obj.pointer("/metadata/deletionTimestamp").is_some()
+            && !has_pending_finalizers(storage, &obj)
+        {
+            let rev = self
+                .store
+                .delete(&key, Some(expected))
+                .await
+                .map_err(|e| store_err(info, &name, e))?;
             set_rv(&mut obj, rev);
             return Ok(self.out(info, &obj));
         }
-        let bytes = serde_json::to_vec(&strip_rv(&obj)).map_err(|e| ApiError::internal(e.to_string()))?;
-        let rev = self.store.update(&key, bytes, expected).await.map_err(|e| store_err(info, &name, e))?;
+        let bytes =
+            serde_json::to_vec(&strip_rv(&obj)).map_err(|e| ApiError::internal(e.to_string()))?;
+        let rev = self
+            .store
+            .update(&key, bytes, expected)
+            .await
+            .map_err(|e| store_err(info, &name, e))?;
         set_rv(&mut obj, rev);
         Ok(self.out(info, &obj))
     }
@@ -592,7 +787,10 @@ impl Registry {
     ) -> Result<WriteResult, ApiError> {
         self.cache.sync().await?;
         let storage = self.resources.storage_version(info);
-        let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
+        let manager = opts
+            .field_manager
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
         for _ in 0..8 {
             let key = storage.key(ns, name);
             let current = match self.cache.get(&key) {
@@ -607,20 +805,28 @@ impl Registry {
             let live = self.out(info, &current);
             let mut applied = None;
             let patched = match kind {
-                PatchKind::Json => {
-                    patch::json_patch(&live, body).map_err(|e| ApiError::new(422, "Invalid", e.0))?
-                }
+                PatchKind::Json => patch::json_patch(&live, body)
+                    .map_err(|e| ApiError::new(422, "Invalid", e.0))?,
                 PatchKind::Merge => patch::json_merge_patch(&live, body),
                 PatchKind::Strategic => {
                     if info.definition.is_none() {
-                        return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json"));
+                        return Err(ApiError::unsupported_media_type(
+                            "application/strategic-merge-patch+json",
+                        ));
                     }
                     patch::strategic_merge_patch(&live, body, schema_for(info))
                         .map_err(|e| ApiError::bad_request(e.0))?
                 }
                 PatchKind::Apply => {
-                    let out = patch::server_side_apply(Some(&live), body, &manager, opts.force, schema_for(info), &now_rfc3339())
-                        .map_err(|c| apply_conflict_error(info, name, c))?;
+                    let out = patch::server_side_apply(
+                        Some(&live),
+                        body,
+                        &manager,
+                        opts.force,
+                        schema_for(info),
+                        &now_rfc3339(),
+                    )
+                    .map_err(|c| apply_conflict_error(info, name, c))?;
                     applied = Some(body.clone());
                     out.object
                 }
@@ -634,7 +840,10 @@ impl Registry {
                 )));
             }
             // A resourceVersion in the patch is a precondition.
-            let expected = match body.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            let expected = match body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 Some(rv) if rv != rv_of(&current).to_string() => {
                     return Err(ApiError::modified(&info.plural, &info.group, name))
                 }
@@ -644,7 +853,17 @@ impl Registry {
             self.prune(info, &mut patched);
             let patched = convert(patched, &storage);
             match self
-                .write_update(&storage, info, &current, patched, expected, opts, subresource, &manager, applied)
+                .write_update(
+                    &storage,
+                    info,
+                    &current,
+                    patched,
+                    expected,
+                    opts,
+                    subresource,
+                    &manager,
+                    applied,
+                )
                 .await
             {
                 Err(e) if e.code == 409 && e.reason == "Conflict" => {
@@ -652,27 +871,57 @@ impl Registry {
                     continue;
                 }
                 Err(e) => return Err(e),
-                Ok(object) => return Ok(WriteResult { object, warnings, created: false }),
+                Ok(object) => {
+                    return Ok(WriteResult {
+                        object,
+                        warnings,
+                        created: false,
+                    })
+                }
             }
         }
         Err(ApiError::modified(&info.plural, &info.group, name))
     }
 
-    async fn apply_create(&self, info: &ResourceInfo, ns: Option<&str>, name: &str, body: &Value, opts: &WriteOptions) -> Result<WriteResult, ApiError> {
+    async fn apply_create(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: &Value,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult, ApiError> {
         let manager = opts.field_manager.clone().unwrap_or_default();
         if manager.is_empty() {
             return Err(ApiError::bad_request(
                 "PATCH, application/apply-patch+yaml requests require a fieldManager query parameter",
             ));
         }
-        let out = patch::server_side_apply(None, body, &manager, opts.force, schema_for(info), &now_rfc3339())
-            .map_err(|c| apply_conflict_error(info, name, c))?;
+        let out = patch::server_side_apply(
+            None,
+            body,
+            &manager,
+            opts.force,
+            schema_for(info),
+            &now_rfc3339(),
+        )
+        .map_err(|c| apply_conflict_error(info, name, c))?;
         let mut obj = out.object;
         if meta(&obj, "name").is_none() {
             meta_mut(&mut obj).insert("name".into(), json!(name));
         }
         let managed = obj.pointer("/metadata/managedFields").cloned();
-        let mut res = self.create(info, ns, obj, &WriteOptions { field_manager: Some(manager.clone()), ..opts.clone() }).await?;
+        let mut res = self
+            .create(
+                info,
+                ns,
+                obj,
+                &WriteOptions {
+                    field_manager: Some(manager.clone()),
+                    ..opts.clone()
+                },
+            )
+            .await?;
         // Keep the Apply entry instead of the Update one create records.
         if let Some(mf) = managed {
             if !opts.dry_run {
@@ -681,8 +930,13 @@ impl Registry {
                 let mut stored = convert(res.object.clone(), &storage);
                 meta_mut(&mut stored).insert("managedFields".into(), mf);
                 let rev = rv_of(&stored);
-                let bytes = serde_json::to_vec(&strip_rv(&stored)).map_err(|e| ApiError::internal(e.to_string()))?;
-                let new_rev = self.store.update(&key, bytes, rev).await.map_err(|e| store_err(info, name, e))?;
+                let bytes = serde_json::to_vec(&strip_rv(&stored))
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let new_rev = self
+                    .store
+                    .update(&key, bytes, rev)
+                    .await
+                    .map_err(|e| store_err(info, name, e))?;
                 set_rv(&mut stored, new_rev);
                 res.object = self.out(info, &stored);
             }
@@ -692,7 +946,13 @@ impl Registry {
 
     /// Deletes an object, honouring finalizers, propagation and grace periods.
     /// Returns the object as of the delete (or as marked for deletion).
-    pub async fn delete(&self, info: &ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub async fn delete(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         self.cache.sync().await?;
         let storage = self.resources.storage_version(info);
         for _ in 0..8 {
@@ -719,7 +979,9 @@ impl Registry {
             let mut obj = (*current).clone();
             let mut fins = finalizers(&obj);
             match opts.propagation_policy.as_deref() {
-                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => fins.push("foregroundDeletion".into()),
+                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => {
+                    fins.push("foregroundDeletion".into())
+                }
                 Some("Orphan") if !fins.iter().any(|f| f == "orphan") => fins.push("orphan".into()),
                 _ => {}
             }
@@ -748,10 +1010,16 @@ impl Registry {
                 if !fins.is_empty() {
                     m.insert("finalizers".into(), json!(fins));
                 }
-                let shorten = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64).is_none_or(|g| grace < g);
+                let shorten = m
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .is_none_or(|g| grace < g);
                 if !already || shorten {
                     let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
-                    m.insert("deletionTimestamp".into(), json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    m.insert(
+                        "deletionTimestamp".into(),
+                        json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    );
                     m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                 }
             }
@@ -761,7 +1029,8 @@ impl Registry {
             if same_content(&current, &obj) || opts.dry_run {
                 return Ok(self.out(info, &obj));
             }
-            let bytes = serde_json::to_vec(&strip_rv(&obj)).map_err(|e| ApiError::internal(e.to_string()))?;
+            let bytes = serde_json::to_vec(&strip_rv(&obj))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             match self.store.update(&key, bytes, rv_of(&current)).await {
                 Ok(rev) => {
                     set_rv(&mut obj, rev);
@@ -782,22 +1051,50 @@ impl Registry {
         if !(storage.group.is_empty() && storage.plural == "pods") {
             return 0;
         }
-        if obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() {
+        if obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+        {
             return 0;
         }
-        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
             return 0;
         }
         opts.grace_period_seconds
-            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
             .max(0)
     }
 
     /// Deletes every matching object; returns what was deleted or marked.
-    pub async fn delete_collection(&self, info: &ResourceInfo, ns: Option<&str>, list: &ListOptions, opts: &DeleteOptions) -> Result<Vec<Value>, ApiError> {
-        let items = self.list(info, ns, &ListOptions { limit: None, continue_token: None, ..list.clone() }).await?.items;
+    pub async fn delete_collection(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let items = self
+            .list(
+                info,
+                ns,
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?
+            .items;
         let mut out = vec![];
         for item in items {
             let name = meta(&item, "name").unwrap_or_default();
@@ -813,16 +1110,26 @@ impl Registry {
 
     /// Assigns cluster IPs and node ports, keeping what the client chose.
     fn allocate_service(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<Cause>> {
-        let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        let ty = obj
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
         if ty == "ExternalName" {
             return Ok(());
         }
         let own_uid = meta(obj, "uid");
         let (used_ips, used_ports) = self.used_service_addresses(own_uid.as_deref());
-        let requested = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
+        let requested = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let ip = if !requested.is_empty() {
             if requested != "None" {
-                let ok = requested.parse::<Ipv4Addr>().is_ok_and(|a| in_cidr(a, self.service_cidr));
+                let ok = requested
+                    .parse::<Ipv4Addr>()
+                    .is_ok_and(|a| in_cidr(a, self.service_cidr));
                 if !ok {
                     return Err(vec![Cause::invalid(
                         "spec.clusterIPs",
@@ -830,12 +1137,17 @@ impl Registry {
                         &format!("failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}/{}", self.service_cidr.0, self.service_cidr.1),
                     )]);
                 }
-                let was_ours = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str) == Some(requested.as_str());
+                let was_ours = old
+                    .and_then(|o| o.pointer("/spec/clusterIP"))
+                    .and_then(Value::as_str)
+                    == Some(requested.as_str());
                 if !was_ours && used_ips.contains(&requested) {
                     return Err(vec![Cause::invalid(
                         "spec.clusterIPs",
                         &json!([requested]),
-                        &format!("failed to allocate IP {requested}: provided IP is already allocated"),
+                        &format!(
+                            "failed to allocate IP {requested}: provided IP is already allocated"
+                        ),
                     )]);
                 }
             }
@@ -843,7 +1155,13 @@ impl Registry {
         } else {
             match self.free_ip(&used_ips) {
                 Some(ip) => ip,
-                None => return Err(vec![Cause::new("FieldValueInvalid", "spec.clusterIPs", "range is full")]),
+                None => {
+                    return Err(vec![Cause::new(
+                        "FieldValueInvalid",
+                        "spec.clusterIPs",
+                        "range is full",
+                    )])
+                }
             }
         };
         obj["spec"]["clusterIP"] = json!(ip);
@@ -880,7 +1198,13 @@ impl Registry {
         Ok(())
     }
 
-    fn used_service_addresses(&self, except_uid: Option<&str>) -> (std::collections::HashSet<String>, std::collections::HashSet<i64>) {
+    fn used_service_addresses(
+        &self,
+        except_uid: Option<&str>,
+    ) -> (
+        std::collections::HashSet<String>,
+        std::collections::HashSet<i64>,
+    ) {
         let (svcs, _) = self.cache.list("/registry/core/services/", None);
         let mut ips = std::collections::HashSet::new();
         let mut ports = std::collections::HashSet::new();
@@ -891,7 +1215,12 @@ impl Registry {
             if let Some(ip) = s.pointer("/spec/clusterIP").and_then(Value::as_str) {
                 ips.insert(ip.to_string());
             }
-            for p in s.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            for p in s
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
                     ports.insert(n);
                 }
@@ -908,7 +1237,11 @@ impl Registry {
         let mut rng = rand::rng();
         // Random probes first, then a scan; .0, .1 (the kubernetes Service's) and broadcast are skipped.
         for i in 0..(size.min(4096) + size) {
-            let off = if i < size.min(4096) { rng.random_range(2..size.max(3) - 1) } else { i - size.min(4096) };
+            let off = if i < size.min(4096) {
+                rng.random_range(2..size.max(3) - 1)
+            } else {
+                i - size.min(4096)
+            };
             if off < 2 || off >= size - 1 {
                 continue;
             }
@@ -927,7 +1260,11 @@ impl Registry {
 }
 
 fn in_cidr(a: Ipv4Addr, (base, bits): (Ipv4Addr, u8)) -> bool {
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits as u32) };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits as u32)
+    };
     u32::from(a) & mask == u32::from(base) & mask
 }
 
@@ -939,29 +1276,39 @@ fn strip_rv(obj: &Value) -> Value {
     v
 }
 
-fn compact(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 200 {
-        format!("{}...", &s[..s.char_indices().take_while(|(i, _)| *i < 200).last().map(|(i, _)| i).unwrap_or(0)])
-    } else {
-        s
-    }
-}
-
-fn apply_conflict_error(info: &ResourceInfo, name: &str, conflicts: Vec<patch::ApplyConflict>) -> ApiError {
+fn apply_conflict_error(
+    info: &ResourceInfo,
+    name: &str,
+    conflicts: Vec<patch::ApplyConflict>,
+) -> ApiError {
     let api_version = info.api_version();
     let lines: Vec<String> = conflicts
         .iter()
-        .map(|c| format!("conflict with {:?} using {api_version}: {}", c.manager, c.field))
+        .map(|c| {
+            format!(
+                "conflict with {:?} using {api_version}: {}",
+                c.manager, c.field
+            )
+        })
         .collect();
     let msg = if conflicts.len() == 1 {
         format!("Apply failed with 1 conflict: {}", lines[0])
     } else {
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            lines.join("\n")
+        )
     };
     let causes = conflicts
         .iter()
-        .map(|c| Cause::new("FieldManagerConflict", c.field.clone(), format!("conflict with {:?} using {api_version}", c.manager)))
+        .map(|c| {
+            Cause::new(
+                "FieldManagerConflict",
+                c.field.clone(),
+                format!("conflict with {:?} using {api_version}", c.manager),
+            )
+        })
         .collect();
     let mut e = ApiError::new(409, "Conflict", msg).with_causes(causes);
     e.name = Some(name.to_string());
@@ -992,14 +1339,33 @@ fn supported_field(info: &ResourceInfo, key: &str) -> bool {
     }
     let extra: &[&str] = match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => &[
-            "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
-            "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName",
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
         ],
         ("", "events") | ("events.k8s.io", "events") => &[
-            "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-            "reason", "reportingComponent", "source", "type", "regarding.kind", "regarding.name",
-            "regarding.namespace", "regarding.uid", "reportingController", "note",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "regarding.uid",
+            "reportingController",
+            "note",
         ],
         ("", "secrets") => &["type"],
         ("", "nodes") => &["spec.unschedulable"],
@@ -1019,7 +1385,10 @@ trait KindCheck {
 impl KindCheck for ApiError {
     fn with_kind_check(mut self, got: &str, want: &str) -> Self {
         if got != want {
-            self.message = format!("{} (kind {got} does not match the expected kind {want})", self.message);
+            self.message = format!(
+                "{} (kind {got} does not match the expected kind {want})",
+                self.message
+            );
         }
         self
     }

@@ -34,20 +34,34 @@ impl Resources {
     /// Every served resource, built-ins first.
     pub fn all(&self) -> Vec<Arc<ResourceInfo>> {
         let mut v = self.builtin.clone();
-        v.extend(self.custom.read().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        v.extend(
+            self.custom
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         v
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
-        let hit = |r: &&Arc<ResourceInfo>| r.group == group && r.version == version && r.plural == plural;
+        let hit =
+            |r: &&Arc<ResourceInfo>| r.group == group && r.version == version && r.plural == plural;
         if let Some(r) = self.builtin.iter().find(hit) {
             return Some(r.clone());
         }
-        self.custom.read().unwrap_or_else(|p| p.into_inner()).iter().find(hit).cloned()
+        self.custom
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(hit)
+            .cloned()
     }
 
     pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
-        self.all().into_iter().find(|r| r.group == group && r.version == version && r.kind == kind)
+        self.all()
+            .into_iter()
+            .find(|r| r.group == group && r.version == version && r.kind == kind)
     }
 
     /// The version of a resource its objects are stored in (the first one served).
@@ -60,7 +74,9 @@ impl Resources {
 
     /// Does this group/version exist at all?
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.all().iter().any(|r| r.group == group && r.version == version)
+        self.all()
+            .iter()
+            .any(|r| r.group == group && r.version == version)
     }
 
     /// Replaces the custom resources with those of the given established CRDs.
@@ -84,14 +100,20 @@ impl Resources {
             });
         if !same {
             *cur = out.into_iter().map(Arc::new).collect();
-            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
 
 fn strs(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -105,11 +127,21 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
     let names = &spec["names"];
     let plural = names["plural"].as_str().unwrap_or_default().to_string();
     let kind = names["kind"].as_str().unwrap_or_default().to_string();
-    let singular = names["singular"].as_str().map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
-    let scope = if spec["scope"].as_str() == Some("Cluster") { Scope::Cluster } else { Scope::Namespaced };
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let scope = if spec["scope"].as_str() == Some("Cluster") {
+        Scope::Cluster
+    } else {
+        Scope::Namespaced
+    };
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     // The storage version is served first so it is the one objects are kept in.
-    let mut versions: Vec<Value> = versions.into_iter().filter(|v| v["served"].as_bool() != Some(false)).collect();
+    let mut versions: Vec<Value> = versions
+        .into_iter()
+        .filter(|v| v["served"].as_bool() != Some(false))
+        .collect();
     versions.sort_by_key(|v| v["storage"].as_bool() != Some(true));
     versions
         .into_iter()
@@ -120,8 +152,14 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
                 subresources.push("status".to_string());
             }
             let scale = subs.get("scale").map(|s| ScalePaths {
-                spec_replicas: s["specReplicasPath"].as_str().unwrap_or(".spec.replicas").to_string(),
-                status_replicas: s["statusReplicasPath"].as_str().unwrap_or(".status.replicas").to_string(),
+                spec_replicas: s["specReplicasPath"]
+                    .as_str()
+                    .unwrap_or(".spec.replicas")
+                    .to_string(),
+                status_replicas: s["statusReplicasPath"]
+                    .as_str()
+                    .unwrap_or(".status.replicas")
+                    .to_string(),
                 label_selector: s["labelSelectorPath"].as_str().map(str::to_string),
             });
             if scale.is_some() {

@@ -12,7 +12,13 @@ pub fn tracks_generation(info: &ResourceInfo) -> bool {
     }
     matches!(
         info.group.as_str(),
-        "apps" | "batch" | "autoscaling" | "policy" | "networking.k8s.io" | "apiextensions.k8s.io" | "scheduling.k8s.io"
+        "apps"
+            | "batch"
+            | "autoscaling"
+            | "policy"
+            | "networking.k8s.io"
+            | "apiextensions.k8s.io"
+            | "scheduling.k8s.io"
     ) || matches!(info.plural.as_str(), "replicationcontrollers" | "pods")
 }
 
@@ -71,7 +77,12 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value, now: &str) {
         let versions: Vec<Value> = obj
             .pointer("/spec/versions")
             .and_then(Value::as_array)
-            .map(|vs| vs.iter().filter(|v| v["storage"] == json!(true)).map(|v| v["name"].clone()).collect())
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v["storage"] == json!(true))
+                    .map(|v| v["name"].clone())
+                    .collect()
+            })
             .unwrap_or_default();
         obj["status"] = json!({
             "acceptedNames": names,
@@ -89,7 +100,12 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value, now: &str) {
 }
 
 /// Keeps the parts of `old` a write through `subresource` may not change.
-pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, subresource: Option<&str>) {
+pub fn prepare_for_update(
+    info: &ResourceInfo,
+    old: &Value,
+    new: &mut Value,
+    subresource: Option<&str>,
+) {
     match subresource {
         Some("status") => {
             // Only status (and, as upstream allows, nothing in spec) changes.
@@ -105,7 +121,10 @@ pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, sub
                 }
             }
             // Status writers may still carry label/annotation changes? Upstream ignores them.
-            if let (Some(m), Some(rv)) = (new.get_mut("metadata"), meta.and_then(|m| m.get("resourceVersion").cloned())) {
+            if let (Some(m), Some(rv)) = (
+                new.get_mut("metadata"),
+                meta.and_then(|m| m.get("resourceVersion").cloned()),
+            ) {
                 m["resourceVersion"] = rv;
             }
         }
@@ -147,12 +166,17 @@ pub fn prepare_for_update(info: &ResourceInfo, old: &Value, new: &mut Value, sub
                 }
                 // Keep allocated node ports the client did not mention.
                 if let (Some(old_ports), Some(new_ports)) = (
-                    old.pointer("/spec/ports").and_then(Value::as_array).cloned(),
+                    old.pointer("/spec/ports")
+                        .and_then(Value::as_array)
+                        .cloned(),
                     new.pointer_mut("/spec/ports").and_then(Value::as_array_mut),
                 ) {
                     for p in new_ports.iter_mut() {
                         if p.get("nodePort").is_none() {
-                            if let Some(op) = old_ports.iter().find(|o| o["port"] == p["port"] && o.get("nodePort").is_some()) {
+                            if let Some(op) = old_ports
+                                .iter()
+                                .find(|o| o["port"] == p["port"] && o.get("nodePort").is_some())
+                            {
                                 p["nodePort"] = op["nodePort"].clone();
                             }
                         }

@@ -29,7 +29,12 @@ pub fn partial_metadata(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
-pub fn table(info: &ResourceInfo, objs: &[Value], include: IncludeObject, list_meta: Value) -> Value {
+pub fn table(
+    info: &ResourceInfo,
+    objs: &[Value],
+    include: IncludeObject,
+    list_meta: Value,
+) -> Value {
     let now = chrono::Utc::now();
     let rows: Vec<Value> = objs
         .iter()

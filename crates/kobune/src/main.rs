@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "kobune", version, about = "A Kubernetes-compatible cluster in one binary")]
+#[command(
+    name = "kobune",
+    version,
+    about = "A Kubernetes-compatible cluster in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,28 +60,41 @@ struct ServerArgs {
     /// Service virtual IP range.
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: String,
+    /// Recent events kept so watches can resume (kube-apiserver's --default-watch-cache-size).
+    #[arg(long, default_value_t = kobune_apiserver::cache::DEFAULT_HISTORY)]
+    watch_cache_size: usize,
 }
 
 fn default_data_dir() -> PathBuf {
     let is_root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
     if is_root {
         PathBuf::from("/var/lib/kobune")
     } else {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".kobune")
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ".".into())
+            .join(".kobune")
     }
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     kobune_apiserver::parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
-    let store = kobune_store::open(&args.datastore_endpoint, &data_dir.join("db").join("state.db"))
-        .await
-        .with_context(|| format!("opening datastore {:?}", args.datastore_endpoint))?;
+    let store = kobune_store::open(
+        &args.datastore_endpoint,
+        &data_dir.join("db").join("state.db"),
+    )
+    .await
+    .with_context(|| format!("opening datastore {:?}", args.datastore_endpoint))?;
     let backend = store.backend();
     let mut sans = args.tls_san.clone();
     if !args.bind_address.is_unspecified() {
@@ -90,16 +107,32 @@ async fn server(args: ServerArgs) -> Result<()> {
         token: args.token.clone(),
         service_cidr: args.service_cidr.clone(),
         datastore_endpoint: args.datastore_endpoint.clone(),
+        watch_cache_size: args.watch_cache_size.max(1),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     let server = Arc::new(kobune_apiserver::ApiServer::new(&cfg, store).await?);
-    let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let kubeconfig = args.write_kubeconfig.unwrap_or_else(|| data_dir.join("kubeconfig.yaml"));
+    kobune_controllers::start(server.registry.clone()).await?;
+    let host = if args.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let kubeconfig = args
+        .write_kubeconfig
+        .unwrap_or_else(|| data_dir.join("kubeconfig.yaml"));
     if let Some(dir) = kubeconfig.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let contents = server.pki.admin_kubeconfig(&format!("https://{host}:{}", args.https_listen_port));
+    let contents = server
+        .pki
+        .admin_kubeconfig(&format!("https://{host}:{}", args.https_listen_port));
     let tmp = kubeconfig.with_extension("tmp");
     std::fs::write(&tmp, contents)?;
     {
@@ -132,12 +165,15 @@ async fn server(args: ServerArgs) -> Result<()> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KOBUNE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KOBUNE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Server(args) => rt.block_on(server(args)),
     }

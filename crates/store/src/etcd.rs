@@ -34,13 +34,26 @@ fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
 
 impl EtcdStore {
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let client = Client::connect(endpoints, None).await.map_err(unavailable)?;
-        Ok(EtcdStore { client, compacted: AtomicI64::new(0) })
+        let client = Client::connect(endpoints, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(EtcdStore {
+            client,
+            compacted: AtomicI64::new(0),
+        })
     }
 
     /// Runs a transaction guarded by `cmp`; on failure reads the key back.
-    async fn guarded(&self, key: &str, cmp: Compare, op: TxnOp) -> Result<std::result::Result<i64, Option<KeyValue>>> {
-        let txn = Txn::new().when(vec![cmp]).and_then(vec![op]).or_else(vec![TxnOp::get(key, None)]);
+    async fn guarded(
+        &self,
+        key: &str,
+        cmp: Compare,
+        op: TxnOp,
+    ) -> Result<std::result::Result<i64, Option<KeyValue>>> {
+        let txn = Txn::new()
+            .when(vec![cmp])
+            .and_then(vec![op])
+            .or_else(vec![TxnOp::get(key, None)]);
         let resp = self.client.clone().txn(txn).await.map_err(unavailable)?;
         if resp.succeeded() {
             return Ok(Ok(header_rev(resp.header())));
@@ -56,13 +69,26 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.clone().get(key, None).await.map_err(unavailable)?;
+        let resp = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(unavailable)?;
         Ok(resp.kvs().first().map(convert))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let resp = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
-        Ok((resp.kvs().iter().map(convert).collect(), header_rev(resp.header())))
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        Ok((
+            resp.kvs().iter().map(convert).collect(),
+            header_rev(resp.header()),
+        ))
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64> {
@@ -109,8 +135,16 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream> {
-        let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(after + 1);
-        let mut stream = self.client.clone().watch(prefix, Some(opts)).await.map_err(unavailable)?;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(after + 1);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
@@ -123,22 +157,34 @@ impl Store for EtcdStore {
                     }
                 };
                 if msg.compact_revision() > 0 {
-                    let _ = tx.send(Err(StoreError::Compacted { requested: after, compacted: msg.compact_revision() }));
+                    let _ = tx.send(Err(StoreError::Compacted {
+                        requested: after,
+                        compacted: msg.compact_revision(),
+                    }));
                     break;
                 }
                 if msg.canceled() {
-                    let _ = tx.send(Err(unavailable(format!("watch canceled: {}", msg.cancel_reason()))));
+                    let _ = tx.send(Err(unavailable(format!(
+                        "watch canceled: {}",
+                        msg.cancel_reason()
+                    ))));
                     break;
                 }
                 for ev in msg.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let event = match ev.event_type() {
-                        EventType::Put => Event { kind: EventKind::Put, kv: convert(kv) },
+                        EventType::Put => Event {
+                            kind: EventKind::Put,
+                            kv: convert(kv),
+                        },
                         EventType::Delete => {
                             // A delete carries the previous value when prev_kv was asked for.
                             let mut last = ev.prev_kv().map(convert).unwrap_or_else(|| convert(kv));
                             last.mod_revision = kv.mod_revision();
-                            Event { kind: EventKind::Delete, kv: last }
+                            Event {
+                                kind: EventKind::Delete,
+                                kv: last,
+                            }
                         }
                     };
                     if tx.send(Ok(event)).is_err() {
@@ -185,28 +231,55 @@ pub(crate) mod testing {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
+    #[allow(clippy::zombie_processes)] // TestEtcd's Drop kills and waits.
     pub async fn start() -> TestEtcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let child = Command::new("etcd")
             .args(["--data-dir", dir.path().to_str().unwrap()])
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
-            .args(["--heartbeat-interval=10", "--election-timeout=100", "--logger=zap", "--log-outputs=stderr"])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("etcd must be installed (apt-get install etcd-server) for the etcd backend tests");
+            .expect(
+                "etcd must be installed (apt-get install etcd-server) for the etcd backend tests",
+            );
         for _ in 0..200 {
             if let Ok(mut c) = etcd_client::Client::connect([&endpoint], None).await {
                 if c.status().await.is_ok() {
-                    return TestEtcd { child, _dir: dir, endpoint };
+                    return TestEtcd {
+                        child,
+                        _dir: dir,
+                        endpoint,
+                    };
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -222,7 +295,9 @@ mod tests {
     #[tokio::test]
     async fn contract() {
         let etcd = testing::start().await;
-        let store = EtcdStore::connect(&[etcd.endpoint.clone()]).await.unwrap();
+        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .unwrap();
         crate::contract::run(&store, "/t/").await;
     }
 }

@@ -96,16 +96,21 @@ pub async fn open(endpoint: &str, default_sqlite_path: &std::path::Path) -> Resu
     }
     if let Some(path) = endpoint.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or(path);
-        return Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?));
+        return Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(
+            path,
+        ))?));
     }
     if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         #[cfg(feature = "etcd")]
         {
-            let endpoints: Vec<String> = endpoint.split(',').map(|s| s.trim().to_string()).collect();
+            let endpoints: Vec<String> =
+                endpoint.split(',').map(|s| s.trim().to_string()).collect();
             return Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?));
         }
         #[cfg(not(feature = "etcd"))]
-        return Err(StoreError::Unavailable("this build has no etcd support".into()));
+        return Err(StoreError::Unavailable(
+            "this build has no etcd support".into(),
+        ));
     }
     Err(StoreError::Unavailable(format!(
         "unsupported datastore endpoint {endpoint:?}: use sqlite://PATH or http(s)://HOST:2379"
@@ -117,12 +122,18 @@ pub(crate) mod contract;
 
 /// Compacts `store` every `interval`, keeping the last `keep` revisions of
 /// history (as kube-apiserver does for etcd), so the log stays bounded.
-pub fn spawn_compactor(store: Arc<dyn Store>, interval: std::time::Duration, keep: i64) -> tokio::task::JoinHandle<()> {
+pub fn spawn_compactor(
+    store: Arc<dyn Store>,
+    interval: std::time::Duration,
+    keep: i64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0;
         loop {
             tokio::time::sleep(interval).await;
-            let Ok(rev) = store.current_revision().await else { continue };
+            let Ok(rev) = store.current_revision().await else {
+                continue;
+            };
             let target = rev - keep;
             if target > last {
                 match store.compact(target).await {

@@ -18,10 +18,22 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_GROUP: usize = 512;
 
 enum Op {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: i64 },
-    Delete { key: String, expected: Option<i64> },
-    Compact { revision: i64 },
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: i64,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+    Compact {
+        revision: i64,
+    },
 }
 
 struct Request {
@@ -54,7 +66,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(unavailable)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16000;",
     )
@@ -89,7 +102,10 @@ impl SqliteStore {
         )
         .map_err(unavailable)?;
         let get = |name: &str| -> Result<i64> {
-            conn.query_row("SELECT value FROM meta WHERE name = ?", [name], |r| r.get(0)).map_err(unavailable)
+            conn.query_row("SELECT value FROM meta WHERE name = ?", [name], |r| {
+                r.get(0)
+            })
+            .map_err(unavailable)
         };
         let shared = Arc::new(Shared {
             revision: AtomicI64::new(get("revision")?),
@@ -103,12 +119,18 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_shared))
             .map_err(unavailable)?;
-        Ok(SqliteStore { writer: tx, reader, shared })
+        Ok(SqliteStore {
+            writer: tx,
+            reader,
+            shared,
+        })
     }
 
     async fn submit(&self, op: Op) -> Result<i64> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Request { op, reply }).map_err(|_| unavailable("writer stopped"))?;
+        self.writer
+            .send(Request { op, reply })
+            .map_err(|_| unavailable("writer stopped"))?;
         rx.await.map_err(|_| unavailable("writer stopped"))?
     }
 
@@ -129,7 +151,12 @@ impl SqliteStore {
 
 fn row_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
     let value: Vec<u8> = r.get(1)?;
-    Ok(KeyValue { key: r.get(0)?, value: value.into(), create_revision: r.get(2)?, mod_revision: r.get(3)? })
+    Ok(KeyValue {
+        key: r.get(0)?,
+        value: value.into(),
+        create_revision: r.get(2)?,
+        mod_revision: r.get(3)?,
+    })
 }
 
 fn current(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Option<KeyValue>> {
@@ -139,10 +166,17 @@ fn current(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Option
 }
 
 /// Applies one op inside the group's transaction. Failed checks write nothing.
-fn apply(tx: &rusqlite::Transaction<'_>, op: Op, rev: &mut i64, events: &mut Vec<Event>) -> rusqlite::Result<Result<i64>> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: Op,
+    rev: &mut i64,
+    events: &mut Vec<Event>,
+) -> rusqlite::Result<Result<i64>> {
     let log = |rev: i64, key: &str, deleted: bool, value: &[u8], create_rev: i64| {
-        tx.prepare_cached("INSERT INTO log (rev, key, deleted, value, create_rev) VALUES (?, ?, ?, ?, ?)")?
-            .execute(params![rev, key, deleted, value, create_rev])
+        tx.prepare_cached(
+            "INSERT INTO log (rev, key, deleted, value, create_rev) VALUES (?, ?, ?, ?, ?)",
+        )?
+        .execute(params![rev, key, deleted, value, create_rev])
     };
     match op {
         Op::Create { key, value } => {
@@ -150,41 +184,77 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op, rev: &mut i64, events: &mut Vec
                 return Ok(Err(StoreError::AlreadyExists));
             }
             *rev += 1;
-            tx.prepare_cached("INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?)")?
-                .execute(params![key, value, *rev, *rev])?;
+            tx.prepare_cached(
+                "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![key, value, *rev, *rev])?;
             log(*rev, &key, false, &value, *rev)?;
-            let kv = KeyValue { key, value: value.into(), create_revision: *rev, mod_revision: *rev };
-            events.push(Event { kind: EventKind::Put, kv });
+            let kv = KeyValue {
+                key,
+                value: value.into(),
+                create_revision: *rev,
+                mod_revision: *rev,
+            };
+            events.push(Event {
+                kind: EventKind::Put,
+                kv,
+            });
             Ok(Ok(*rev))
         }
-        Op::Update { key, value, expected } => {
-            let Some(cur) = current(tx, &key)? else { return Ok(Err(StoreError::NotFound)) };
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let Some(cur) = current(tx, &key)? else {
+                return Ok(Err(StoreError::NotFound));
+            };
             if cur.mod_revision != expected {
                 return Ok(Err(StoreError::Conflict(Some(cur))));
             }
             *rev += 1;
-            tx.prepare_cached("UPDATE kv SET value = ?, mod_rev = ? WHERE key = ?")?.execute(params![value, *rev, key])?;
+            tx.prepare_cached("UPDATE kv SET value = ?, mod_rev = ? WHERE key = ?")?
+                .execute(params![value, *rev, key])?;
             log(*rev, &key, false, &value, cur.create_revision)?;
-            let kv = KeyValue { key, value: value.into(), create_revision: cur.create_revision, mod_revision: *rev };
-            events.push(Event { kind: EventKind::Put, kv });
+            let kv = KeyValue {
+                key,
+                value: value.into(),
+                create_revision: cur.create_revision,
+                mod_revision: *rev,
+            };
+            events.push(Event {
+                kind: EventKind::Put,
+                kv,
+            });
             Ok(Ok(*rev))
         }
         Op::Delete { key, expected } => {
-            let Some(cur) = current(tx, &key)? else { return Ok(Err(StoreError::NotFound)) };
+            let Some(cur) = current(tx, &key)? else {
+                return Ok(Err(StoreError::NotFound));
+            };
             if expected.is_some_and(|e| e != cur.mod_revision) {
                 return Ok(Err(StoreError::Conflict(Some(cur))));
             }
             *rev += 1;
-            tx.prepare_cached("DELETE FROM kv WHERE key = ?")?.execute([&key])?;
+            tx.prepare_cached("DELETE FROM kv WHERE key = ?")?
+                .execute([&key])?;
             log(*rev, &key, true, &cur.value, cur.create_revision)?;
-            let kv = KeyValue { mod_revision: *rev, ..cur };
-            events.push(Event { kind: EventKind::Delete, kv });
+            let kv = KeyValue {
+                mod_revision: *rev,
+                ..cur
+            };
+            events.push(Event {
+                kind: EventKind::Delete,
+                kv,
+            });
             Ok(Ok(*rev))
         }
         Op::Compact { revision } => {
             let target = revision.min(*rev - 1);
-            tx.prepare_cached("DELETE FROM log WHERE rev <= ?")?.execute([target])?;
-            tx.prepare_cached("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'")?.execute([target])?;
+            tx.prepare_cached("DELETE FROM log WHERE rev <= ?")?
+                .execute([target])?;
+            tx.prepare_cached("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'")?
+                .execute([target])?;
             Ok(Ok(*rev))
         }
     }
@@ -214,7 +284,8 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Request>, shared: Ar
                 replies.push((req.reply, res));
             }
             if rev != start_rev {
-                tx.prepare_cached("UPDATE meta SET value = ? WHERE name = 'revision'")?.execute([rev])?;
+                tx.prepare_cached("UPDATE meta SET value = ? WHERE name = 'revision'")?
+                    .execute([rev])?;
             }
             tx.commit()
         })();
@@ -293,15 +364,28 @@ impl Store for SqliteStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64> {
-        self.submit(Op::Create { key: key.to_string(), value }).await
+        self.submit(Op::Create {
+            key: key.to_string(),
+            value,
+        })
+        .await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<i64> {
-        self.submit(Op::Update { key: key.to_string(), value, expected }).await
+        self.submit(Op::Update {
+            key: key.to_string(),
+            value,
+            expected,
+        })
+        .await
     }
 
     async fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64> {
-        self.submit(Op::Delete { key: key.to_string(), expected }).await
+        self.submit(Op::Delete {
+            key: key.to_string(),
+            expected,
+        })
+        .await
     }
 
     async fn current_revision(&self) -> Result<i64> {
@@ -315,7 +399,10 @@ impl Store for SqliteStore {
     async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream> {
         let compacted = self.shared.compacted.load(Ordering::SeqCst);
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (start, end) = (prefix.to_string(), prefix_end(prefix));

@@ -565,7 +565,7 @@ fn compare(old: &Value, new: &Value, sch: Sch<'_>) -> Diff {
                     (None, None) => false,
                     // A map emptied or filled is not itself modified.
                     (Some(v), None) | (None, Some(v)) => {
-                        v.as_object().map_or(true, |m| !m.is_empty())
+                        v.as_object().is_none_or(|m| !m.is_empty())
                     }
                 };
                 if differs {
