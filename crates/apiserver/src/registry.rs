@@ -105,13 +105,13 @@ fn store_err(info: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
 
 /// The OpenAPI schema of a resource's objects, if it has one.
 pub fn schema_for(info: &ResourceInfo) -> Option<SchemaNode<'_>> {
-    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
     if let Some(def) = &info.definition {
         return SchemaNode::definition(schema::definitions(), def);
     }
+    // CRD schemas refer to the built-in ObjectMeta for `metadata`.
     info.crd_schema
         .as_ref()
-        .map(|s| SchemaNode::inline(EMPTY.get_or_init(Map::new), s))
+        .map(|s| SchemaNode::inline(schema::definitions(), s))
 }
 
 fn meta(obj: &Value, field: &str) -> Option<String> {

@@ -180,7 +180,10 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let schema = v.pointer("/schema/openAPIV3Schema").cloned();
+            let schema = v
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(with_object_fields);
             let preserve_unknown = schema
                 .as_ref()
                 .map(|s| s["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true))
@@ -206,4 +209,22 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
             }
         })
         .collect()
+}
+
+/// Every custom resource may carry apiVersion, kind and standard metadata,
+/// whether or not its schema lists them.
+fn with_object_fields(mut schema: Value) -> Value {
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props
+            .entry("apiVersion")
+            .or_insert(serde_json::json!({"type": "string"}));
+        props
+            .entry("kind")
+            .or_insert(serde_json::json!({"type": "string"}));
+        props.insert(
+            "metadata".into(),
+            serde_json::json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
+        );
+    }
+    schema
 }
