@@ -94,6 +94,14 @@ pub(crate) enum Special {
 
 /// Decodes a protobuf request body into the JSON object it stands for.
 pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
+    decode_at(bytes, 0)
+}
+
+/// Decodes an envelope found `depth` messages deep (embedded objects nest).
+fn decode_at(bytes: &[u8], depth: usize) -> Result<Value, ApiError> {
+    if depth > MAX_DEPTH {
+        return Err(malformed("nesting too deep"));
+    }
     let Some(envelope) = bytes.strip_prefix(MAGIC) else {
         return Err(ApiError::bad_request(
             "protobuf body does not start with the k8s envelope magic",
@@ -128,7 +136,7 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
     let mut object = Map::new();
     object.insert("kind".into(), Value::String(kind));
     object.insert("apiVersion".into(), Value::String(api_version));
-    decode_fields(&raw, &schema::MESSAGES[index], &mut object, 0)?;
+    decode_fields(&raw, &schema::MESSAGES[index], &mut object, depth)?;
     tidy_top_level(&mut object);
     Ok(Value::Object(object))
 }
@@ -555,7 +563,7 @@ fn message_value(bytes: &[u8], index: u16, depth: usize) -> Result<Option<Value>
                 return Ok(None);
             }
             if raw.starts_with(MAGIC) {
-                decode(raw)?
+                decode_at(raw, depth + 1)?
             } else {
                 serde_json::from_slice(raw)
                     .map_err(|e| malformed(&format!("embedded object is not JSON: {e}")))?

@@ -539,6 +539,12 @@ impl Registry {
                 )],
             ));
         }
+        // An existing name is reported before anything is allocated for it.
+        self.cache.sync().await?;
+        let storage_key = storage.key(ns, &name);
+        if self.cache.get(&storage_key).is_some() {
+            return Err(ApiError::already_exists(&info.plural, &info.group, &name));
+        }
         self.prune(info, &mut obj);
         let mut obj = convert(obj, &storage);
         defaults::apply_defaults(&storage, &mut obj);
@@ -552,7 +558,6 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
-        self.cache.sync().await?;
         self.namespace_check(info, ns, &name)?;
         let manager = opts
             .field_manager

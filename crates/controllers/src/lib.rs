@@ -91,7 +91,9 @@ mod tests {
     async fn registry(dir: &std::path::Path) -> Arc<Registry> {
         let store: Arc<dyn Store> =
             Arc::new(kobune_store::sqlite::SqliteStore::open(&dir.join("db.sqlite")).unwrap());
-        let cache = Cache::start(store.clone(), kobune_apiserver::cache::DEFAULT_HISTORY).await.unwrap();
+        let cache = Cache::start(store.clone(), kobune_apiserver::cache::DEFAULT_HISTORY)
+            .await
+            .unwrap();
         Arc::new(Registry {
             store,
             cache,
