@@ -50,7 +50,7 @@ def test_watch_resumes_from_resource_version(core):
     core.delete_namespaced_config_map("a", ns)
     w = kubernetes.watch.Watch()
     events = []
-    for ev in w.stream(core.list_namespaced_config_map, ns, resource_version=rv, timeout_seconds=3):
+    for ev in w.stream(core.list_namespaced_config_map, ns, resource_version=rv, timeout_seconds=10):
         events.append((ev["type"], ev["object"].metadata.name))
         if len(events) == 3:
             w.stop()
@@ -65,7 +65,7 @@ def test_watch_selector_transitions(core):
     core.patch_namespaced_config_map("x", ns, {"metadata": {"labels": {"tier": "web"}}})
     w = kubernetes.watch.Watch()
     events = []
-    for ev in w.stream(core.list_namespaced_config_map, ns, label_selector="tier=web", resource_version=rv, timeout_seconds=3):
+    for ev in w.stream(core.list_namespaced_config_map, ns, label_selector="tier=web", resource_version=rv, timeout_seconds=10):
         events.append(ev["type"])
         if len(events) == 2:
             w.stop()
@@ -76,7 +76,7 @@ def test_watch_from_current_state_sends_added(core):
     ns = make_ns(core)
     core.create_namespaced_config_map(ns, cm("one"))
     w = kubernetes.watch.Watch()
-    first = next(iter(w.stream(core.list_namespaced_config_map, ns, resource_version="0", timeout_seconds=3)))
+    first = next(iter(w.stream(core.list_namespaced_config_map, ns, resource_version="0", timeout_seconds=10)))
     w.stop()
     assert first["type"] == "ADDED" and first["object"].metadata.name == "one"
 
