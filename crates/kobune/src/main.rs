@@ -60,6 +60,9 @@ struct ServerArgs {
     /// Service virtual IP range.
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: String,
+    /// Register N simulated nodes whose pods run without processes (like kwok), for scale tests.
+    #[arg(long, default_value_t = 0)]
+    simulate_nodes: usize,
     /// Recent events kept so watches can resume (kube-apiserver's --default-watch-cache-size).
     #[arg(long, default_value_t = kobune_apiserver::cache::DEFAULT_HISTORY)]
     watch_cache_size: usize,
@@ -114,6 +117,15 @@ async fn server(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     let server = Arc::new(kobune_apiserver::ApiServer::new(&cfg, store).await?);
     kobune_controllers::start(server.registry.clone()).await?;
+    kobune_scheduler::start(server.registry.clone()).await?;
+    if args.simulate_nodes > 0 {
+        kobune_agent::start_simulated(server.registry.clone(), args.simulate_nodes, "sim").await?;
+        println!(
+            "registered {} simulated nodes (sim-0..sim-{})",
+            args.simulate_nodes,
+            args.simulate_nodes - 1
+        );
+    }
     let host = if args.bind_address.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -141,7 +153,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     std::fs::rename(&tmp, &kubeconfig)?;
     if !args.disable_agent {
-        tracing::info!("node agent: not part of this build yet; running the control plane only");
+        tracing::info!("node agent: containers are not run by this build yet (use --simulate-nodes for simulated nodes)");
     }
     let _ = args.node_name;
     println!(
