@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -33,6 +34,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub struct ApiState {
     pub registry: Arc<Registry>,
+    pub kubelets: Arc<crate::kubelet::Kubelets>,
     pub resources: Arc<Resources>,
     pub openapi: OpenApi,
     pub admin_token: String,
@@ -534,6 +536,19 @@ async fn resource(
                     "pod {name} does not have a host assigned"
                 )));
             }
+            if sub == "log" {
+                if let Some(kubelet) = state.kubelets.get(node) {
+                    let opts = log_options(ctx)?;
+                    let rx = kubelet.logs(&pod, opts).await?;
+                    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+                        .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+                    return Ok(Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "text/plain")
+                        .body(BodyExt::boxed(StreamBody::new(stream)))
+                        .expect("valid response"));
+                }
+            }
             Err(ApiError::new(
                 503,
                 "ServiceUnavailable",
@@ -681,6 +696,30 @@ fn single(info: &ResourceInfo, ctx: &Ctx, obj: &Value) -> Result<Response<Body>,
         )),
         Shape::Object => Ok(json_response(200, obj)),
     }
+}
+
+fn log_options(ctx: &Ctx) -> Result<crate::kubelet::LogOptions, ApiError> {
+    let num = |k: &str| -> Result<Option<i64>, ApiError> {
+        match ctx.q(k) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("{k}: invalid value {v:?}"))),
+        }
+    };
+    Ok(crate::kubelet::LogOptions {
+        container: ctx
+            .q("container")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        follow: ctx.flag("follow"),
+        previous: ctx.flag("previous"),
+        tail_lines: num("tailLines")?,
+        since_seconds: num("sinceSeconds")?,
+        timestamps: ctx.flag("timestamps"),
+        limit_bytes: num("limitBytes")?,
+    })
 }
 
 fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {

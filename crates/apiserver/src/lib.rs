@@ -10,6 +10,7 @@ pub mod cache;
 pub mod conversion;
 pub mod discovery;
 pub mod http;
+pub mod kubelet;
 pub mod openapi;
 pub mod pki;
 pub mod protobuf;
@@ -43,6 +44,8 @@ pub struct Config {
 
 pub struct ApiServer {
     pub registry: Arc<Registry>,
+    /// Node agents the API server forwards log (and later exec) requests to.
+    pub kubelets: Arc<kubelet::Kubelets>,
     pub pki: Arc<pki::Pki>,
     state: Arc<http::ApiState>,
     tls: Arc<rustls::ServerConfig>,
@@ -102,7 +105,9 @@ impl ApiServer {
             resources: resources.clone(),
             service_cidr: parse_cidr(&cfg.service_cidr)?,
         });
+        let kubelets = Arc::new(kubelet::Kubelets::default());
         let state = Arc::new(http::ApiState {
+            kubelets: kubelets.clone(),
             registry: registry.clone(),
             resources,
             openapi: openapi::OpenApi::default(),
@@ -112,6 +117,7 @@ impl ApiServer {
         let tls = Arc::new(tls_config(&pki)?);
         let server = ApiServer {
             registry,
+            kubelets,
             pki,
             state,
             tls,

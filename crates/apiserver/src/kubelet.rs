@@ -1,0 +1,54 @@
+//! How the API server reaches a node's agent for what lives on the node
+//! (container logs now; exec, attach and port-forward later), as
+//! kube-apiserver reaches the kubelet. Agents register themselves by node name.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kobune_apimachinery::ApiError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+
+/// The `pods/log` query parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    pub container: Option<String>,
+    pub follow: bool,
+    pub previous: bool,
+    pub tail_lines: Option<i64>,
+    pub since_seconds: Option<i64>,
+    pub timestamps: bool,
+    pub limit_bytes: Option<i64>,
+}
+
+/// What a node agent serves to the API server.
+#[async_trait]
+pub trait Kubelet: Send + Sync {
+    /// A container's log as text chunks; the stream ends when the log does
+    /// (or, with `follow`, when the container stops or the client leaves).
+    async fn logs(&self, pod: &Value, opts: LogOptions) -> Result<mpsc::Receiver<Bytes>, ApiError>;
+}
+
+/// Agents by node name.
+#[derive(Default)]
+pub struct Kubelets {
+    nodes: RwLock<HashMap<String, Arc<dyn Kubelet>>>,
+}
+
+impl Kubelets {
+    pub fn register(&self, node: &str, kubelet: Arc<dyn Kubelet>) {
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), kubelet);
+    }
+
+    pub fn get(&self, node: &str) -> Option<Arc<dyn Kubelet>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+    }
+}
