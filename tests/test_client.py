@@ -144,3 +144,17 @@ def test_concurrent_creates_get_distinct_versions(core):
     [t.join() for t in threads]
     assert not errs and len(set(rvs)) == 32
     assert len(core.list_namespaced_config_map(ns).items) == 32
+
+
+def test_shared_etcd_foreign_writes_do_not_stall(server, core):
+    """Writes by others outside /registry/ move etcd's revision; kobune must keep serving."""
+    if not server.datastore:
+        pytest.skip("only meaningful on etcd")
+    import os
+    import subprocess
+    for i in range(3):
+        subprocess.run(["etcdctl", "--endpoints", server.datastore, "put", f"/someone-else/k{i}", "v"],
+                       check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})
+    ns = make_ns(core)
+    core.create_namespaced_config_map(ns, cm("after-foreign"))
+    assert [i.metadata.name for i in core.list_namespaced_config_map(ns).items] == ["after-foreign"]

@@ -144,10 +144,18 @@ impl Cache {
             if r > rev {
                 break;
             }
+            if item.kind == EventKind::Progress {
+                if r == rev {
+                    break;
+                }
+                continue;
+            }
             if let Some(v) = decode(&item.kv, r) {
                 let obj = Arc::new(v);
                 let prev = match item.kind {
-                    EventKind::Put => last.insert(item.kv.key.clone(), obj.clone()),
+                    EventKind::Put | EventKind::Progress => {
+                        last.insert(item.kv.key.clone(), obj.clone())
+                    }
                     EventKind::Delete => last.remove(&item.kv.key),
                 };
                 let kind = match item.kind {
@@ -265,6 +273,7 @@ impl Cache {
         }
         let key = ev.kv.key.clone();
         match ev.kind {
+            EventKind::Progress => {}
             EventKind::Put => {
                 if let Some(v) = decode(&ev.kv, rev) {
                     let obj = Arc::new(v);
@@ -351,6 +360,11 @@ impl Cache {
             .current_revision()
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        if self.revision() < rev {
+            // Writes outside our prefix also move a shared store's revision:
+            // ask the watch to confirm how far it has really got.
+            let _ = self.store.request_progress().await;
+        }
         self.wait_for(rev).await?;
         Ok(rev.max(self.revision()))
     }

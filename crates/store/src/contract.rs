@@ -3,12 +3,18 @@
 use crate::{EventKind, Store, StoreError};
 use std::time::Duration;
 
+/// The next change (progress notifications are skipped).
 async fn next(rx: &mut crate::WatchStream) -> crate::Event {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("watch event within 5s")
-        .expect("watch open")
-        .expect("watch ok")
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("watch event within 5s")
+            .expect("watch open")
+            .expect("watch ok");
+        if ev.kind != EventKind::Progress {
+            return ev;
+        }
+    }
 }
 
 /// Exercises the store under keys beginning with `p` (unique per run).

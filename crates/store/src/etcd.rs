@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 pub struct EtcdStore {
     client: Client,
     compacted: AtomicI64,
+    /// One per open watch: asks it for a progress notification.
+    progress: std::sync::Mutex<Vec<mpsc::UnboundedSender<()>>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -40,6 +42,7 @@ impl EtcdStore {
         Ok(EtcdStore {
             client,
             compacted: AtomicI64::new(0),
+            progress: Default::default(),
         })
     }
 
@@ -146,9 +149,22 @@ impl Store for EtcdStore {
             .await
             .map_err(unavailable)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<()>();
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(progress_tx);
         tokio::spawn(async move {
+            let mut last = after;
             loop {
-                let msg = match stream.message().await {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    Some(()) = progress_rx.recv() => {
+                        let _ = stream.request_progress().await;
+                        continue;
+                    }
+                };
+                let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => {
@@ -187,7 +203,28 @@ impl Store for EtcdStore {
                             }
                         }
                     };
+                    last = last.max(event.kv.mod_revision);
                     if tx.send(Ok(event)).is_err() {
+                        return;
+                    }
+                }
+                let rev = header_rev(msg.header());
+                // The `created` reply precedes replayed history: only real progress notifications count.
+                if msg.events().is_empty() && !msg.created() && rev > last {
+                    last = rev;
+                    let kv = KeyValue {
+                        key: String::new(),
+                        value: Vec::new().into(),
+                        create_revision: 0,
+                        mod_revision: rev,
+                    };
+                    if tx
+                        .send(Ok(Event {
+                            kind: EventKind::Progress,
+                            kv,
+                        }))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -205,6 +242,12 @@ impl Store for EtcdStore {
             Err(e) if e.to_string().contains("compacted") => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn request_progress(&self) -> Result<()> {
+        let mut senders = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        senders.retain(|s| s.send(()).is_ok());
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {
@@ -299,5 +342,24 @@ mod tests {
             .await
             .unwrap();
         crate::contract::run(&store, "/t/").await;
+    }
+
+    #[tokio::test]
+    async fn progress_reports_revisions_moved_by_other_prefixes() {
+        let etcd = testing::start().await;
+        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .unwrap();
+        let r1 = store.create("/registry/a", b"1".to_vec()).await.unwrap();
+        let mut w = store.watch("/registry/", r1).await.unwrap();
+        let r2 = store.create("/elsewhere/b", b"2".to_vec()).await.unwrap();
+        assert!(r2 > r1);
+        store.request_progress().await.unwrap();
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), w.recv())
+            .await
+            .expect("progress within 5s")
+            .unwrap()
+            .unwrap();
+        assert_eq!((ev.kind, ev.kv.mod_revision), (EventKind::Progress, r2));
     }
 }

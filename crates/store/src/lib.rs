@@ -36,6 +36,9 @@ pub struct Event {
 pub enum EventKind {
     Put,
     Delete,
+    /// No change under the prefix: the store has reached `kv.mod_revision`
+    /// (writes elsewhere moved the revision on). `kv.key` is empty.
+    Progress,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -84,6 +87,12 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream>;
     /// Discards history at and before `revision`.
     async fn compact(&self, revision: i64) -> Result<()>;
+    /// Asks open watches to report the current revision with a
+    /// [`EventKind::Progress`] event, for stores whose revision also moves
+    /// with keys outside the watched prefix.
+    async fn request_progress(&self) -> Result<()> {
+        Ok(())
+    }
     /// A short name for logs and benchmarks.
     fn backend(&self) -> &'static str;
 }
