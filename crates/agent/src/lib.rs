@@ -1,4 +1,6 @@
-//! The node agent. First slice: simulated nodes, as kwok does it. Each
+//! The node agent. Real nodes ([`start_node`]): pods bound to this
+//! machine's node run through CRI on containerd ([`node`], [`pods`],
+//! [`logs`]). Simulated nodes ([`start_simulated`]), as kwok does it: each
 //! node is a Node object with a Lease renewed every 10 s; every pod bound
 //! to one is reported Running and Ready at once with an IP from the node's
 //! pod CIDR, and deleted as soon as it is marked for deletion (as a kubelet
@@ -6,6 +8,12 @@
 
 // ApiError mirrors the wire Status; errors are off the hot path.
 #![allow(clippy::result_large_err)]
+
+pub mod logs;
+pub mod node;
+pub mod pods;
+
+pub use node::{start_node, NodeConfig, NodeHandle};
 
 use kobune_apimachinery::ResourceInfo;
 use kobune_apiserver::cache::{CacheEvent, EventType};

@@ -152,10 +152,28 @@ async fn server(args: ServerArgs) -> Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     }
     std::fs::rename(&tmp, &kubeconfig)?;
-    if !args.disable_agent {
-        tracing::info!("node agent: containers are not run by this build yet (use --simulate-nodes for simulated nodes)");
-    }
-    let _ = args.node_name;
+    let node = if args.disable_agent {
+        None
+    } else {
+        let name = args.node_name.clone().unwrap_or_else(hostname);
+        let pod_cidr = first_subnet(&args.cluster_cidr)?;
+        let cfg = kobune_agent::NodeConfig {
+            name: name.clone(),
+            data_dir: data_dir.join("agent"),
+            pod_cidr,
+            cri_socket: None,
+        };
+        let handle = kobune_agent::start_node(server.registry.clone(), server.kubelets.clone(), cfg)
+            .await
+            .with_context(|| {
+                format!("starting the node agent for node {name:?} (needs root, containerd, runc and the CNI plugins: run scripts/setup, or pass --disable-agent)")
+            })?;
+        println!(
+            "node {name} ready (containerd under {})",
+            data_dir.join("agent").display()
+        );
+        Some(handle)
+    };
     println!(
         "kobune server ready in {} ms: https://{host}:{} ({backend} datastore in {})",
         started.elapsed().as_millis(),
@@ -171,7 +189,31 @@ async fn server(args: ServerArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
         r = serve => { r??; }
     }
+    if let Some(node) = node {
+        // Stop this node's pods so nothing is left running after the server.
+        if tokio::time::timeout(std::time::Duration::from_secs(30), node.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("node agent did not stop its pods within 30s");
+        }
+    }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kobune".into())
+}
+
+/// The node's pod range: the first /24 of the cluster CIDR.
+fn first_subnet(cluster_cidr: &str) -> Result<String> {
+    let (ip, _) = kobune_apiserver::parse_cidr(cluster_cidr)?;
+    let o = ip.octets();
+    Ok(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
 }
 
 fn main() -> Result<()> {

@@ -1,0 +1,437 @@
+//! The real node agent: a containerd (ours, or an existing CRI socket),
+//! the Node object with its Lease and heartbeat, the pod workers
+//! ([`crate::pods`]) and the log endpoint ([`crate::logs`]).
+
+use crate::logs::{NodeLogs, PodLogIndex};
+use crate::pods::PodManager;
+use crate::{ensure_namespace, find, micro_now, FIELD_MANAGER, KUBELET_VERSION, LEASE_NAMESPACE};
+use kobune_apiserver::kubelet::Kubelets;
+use kobune_apiserver::registry::{now_rfc3339, PatchKind, WriteOptions};
+use kobune_apiserver::Registry;
+use kobune_cri::{CniConfig, Containerd, Cri};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The address pods and the API see for this node.
+pub const HOST_IP: &str = "127.0.0.1";
+/// The pod network bridge of our containerd.
+pub const BRIDGE: &str = "kobune0";
+const LEASE_SECONDS: i64 = 40;
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(40);
+
+/// How to run this machine's node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Node's name (usually the host name).
+    pub name: String,
+    /// Agent state: containerd under `data_dir/containerd`, pod logs under
+    /// `data_dir/logs`.
+    pub data_dir: PathBuf,
+    /// This node's pod CIDR, e.g. `10.42.0.0/24`.
+    pub pod_cidr: String,
+    /// Use an existing CRI socket instead of starting our own containerd.
+    pub cri_socket: Option<PathBuf>,
+}
+
+/// A running node agent. Dropping it stops the agent's loops and our
+/// containerd (containers keep running in their shims; the next start
+/// removes them).
+pub struct NodeHandle {
+    pub name: String,
+    pub log_root: PathBuf,
+    pub runtime: Containerd,
+    pub cri: Cri,
+    pods: Arc<PodManager>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops every pod this agent runs (sandboxes removed, no API writes)
+    /// and the agent's loops.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.pods.shutdown().await;
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.pods.abort_workers();
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `PRETTY_NAME` from /etc/os-release.
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(str::to_string))
+        })
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// MemTotal from /proc/meminfo as a `Ki` quantity.
+fn memory_ki() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.split_whitespace().next().map(str::to_string))
+            })
+        })
+        .map(|kb| format!("{kb}Ki"))
+        .unwrap_or_else(|| "0".into())
+}
+
+/// The size of the file system holding `dir`, as a `Ki` quantity.
+fn storage_ki(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return "0".into();
+    };
+    // SAFETY: statvfs(3) into a zeroed struct with a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return "0".into();
+    }
+    format!("{}Ki", (st.f_blocks as u64 * st.f_frsize as u64) / 1024)
+}
+
+/// The Kubernetes name of this machine's architecture.
+pub fn k8s_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+fn condition(t: &str, s: &str, reason: &str, msg: &str, now: &str) -> Value {
+    json!({"type": t, "status": s, "reason": reason, "message": msg,
+           "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
+/// The Node's status as this agent reports it.
+pub fn node_status(name: &str, data_dir: &Path, runtime_version: &str) -> Value {
+    let now = now_rfc3339();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let resources = json!({
+        "cpu": cpus.to_string(),
+        "memory": memory_ki(),
+        "pods": "110",
+        "ephemeral-storage": storage_ki(data_dir),
+    });
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &now),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &now),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &now),
+            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": HOST_IP},
+            {"type": "Hostname", "address": name}
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": read_trim("/etc/machine-id"),
+            "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
+            "bootID": read_trim("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": read_trim("/proc/sys/kernel/osrelease"),
+            "osImage": os_image(),
+            "containerRuntimeVersion": runtime_version,
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": KUBELET_VERSION,
+            "operatingSystem": "linux",
+            "architecture": k8s_arch(),
+        }
+    })
+}
+
+/// The Node object this agent registers.
+pub fn node_object(cfg: &NodeConfig, status: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": cfg.name,
+            "labels": node_labels(&cfg.name),
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"}
+        },
+        "spec": {"podCIDR": cfg.pod_cidr, "podCIDRs": [cfg.pod_cidr]},
+        "status": status,
+    })
+}
+
+fn node_labels(name: &str) -> Value {
+    json!({
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": k8s_arch(),
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": k8s_arch(),
+    })
+}
+
+/// Starts the node agent for this machine; returns once the runtime is up,
+/// the Node is registered and pods bound to it are being synced.
+pub async fn start_node(
+    registry: Arc<Registry>,
+    kubelets: Arc<Kubelets>,
+    cfg: NodeConfig,
+) -> anyhow::Result<NodeHandle> {
+    use anyhow::Context;
+    let runtime = match &cfg.cri_socket {
+        Some(sock) => Containerd::connect_existing(sock).await?,
+        None => {
+            let cni = CniConfig {
+                pod_cidr: cfg.pod_cidr.clone(),
+                bridge: BRIDGE.into(),
+            };
+            Containerd::start(&cfg.data_dir.join("containerd"), cni)
+                .await
+                .context("starting containerd")?
+        }
+    };
+    kobune_cri::images::import_builtin_images(runtime.socket())
+        .await
+        .context("importing built-in images")?;
+    let cri = runtime.cri();
+    // Pods are re-created from the API: what a previous run left is stale.
+    match kobune_cri::pod::remove_all_sandboxes(&cri).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "removed stale pod sandboxes"),
+        Err(e) => tracing::warn!("removing stale sandboxes: {e:#}"),
+    }
+    let version = cri.version().await?;
+    let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+    let log_root = cfg.data_dir.join("logs");
+    std::fs::create_dir_all(&log_root)
+        .with_context(|| format!("creating {}", log_root.display()))?;
+
+    let opts = WriteOptions {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let nodes = find(&registry, "", "v1", "nodes")?;
+    let status = node_status(&cfg.name, &cfg.data_dir, &runtime_version);
+    let uid = match registry
+        .create(&nodes, None, node_object(&cfg, status.clone()), &opts)
+        .await
+    {
+        Ok(r) => r.object["metadata"]["uid"].clone(),
+        Err(e) if e.code == 409 => {
+            let patch = json!({"metadata": {"labels": node_labels(&cfg.name)}});
+            registry
+                .patch(
+                    &nodes,
+                    None,
+                    &cfg.name,
+                    PatchKind::Merge,
+                    &patch,
+                    &opts,
+                    None,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("updating node {}: {e}", cfg.name))?;
+            let r = registry
+                .patch(
+                    &nodes,
+                    None,
+                    &cfg.name,
+                    PatchKind::Merge,
+                    &json!({ "status": status }),
+                    &opts,
+                    Some("status"),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("updating status of node {}: {e}", cfg.name))?;
+            r.object["metadata"]["uid"].clone()
+        }
+        Err(e) => anyhow::bail!("registering node {}: {e}", cfg.name),
+    };
+
+    ensure_namespace(&registry, LEASE_NAMESPACE, &opts).await?;
+    let leases = find(&registry, "coordination.k8s.io", "v1", "leases")?;
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": cfg.name,
+            "namespace": LEASE_NAMESPACE,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": cfg.name, "uid": uid}]
+        },
+        "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": micro_now()}
+    });
+    let mut tasks = vec![];
+    {
+        let (reg, o, name) = (registry.clone(), opts.clone(), cfg.name.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEW);
+            loop {
+                tick.tick().await;
+                let renew = json!({"spec": {"holderIdentity": name, "renewTime": micro_now()}});
+                let r = reg
+                    .patch(
+                        &leases,
+                        Some(LEASE_NAMESPACE),
+                        &name,
+                        PatchKind::Merge,
+                        &renew,
+                        &o,
+                        None,
+                    )
+                    .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 => {
+                        let mut l = lease.clone();
+                        l["spec"]["renewTime"] = json!(micro_now());
+                        if let Err(e) = reg.create(&leases, Some(LEASE_NAMESPACE), l, &o).await {
+                            tracing::warn!(node = %name, "creating lease failed: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = %name, "renewing lease failed: {e}"),
+                }
+            }
+        }));
+    }
+    {
+        let (reg, o, name, data_dir) = (
+            registry.clone(),
+            opts.clone(),
+            cfg.name.clone(),
+            cfg.data_dir.clone(),
+        );
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let mut status = node_status(&name, &data_dir, &runtime_version);
+                // Keep transition times of unchanged conditions.
+                if let Ok(cur) = reg.get_cached(&nodes, None, &name) {
+                    keep_transition_times(&mut status, &cur["status"]);
+                }
+                if let Err(e) = reg
+                    .patch(
+                        &nodes,
+                        None,
+                        &name,
+                        PatchKind::Merge,
+                        &json!({ "status": status }),
+                        &o,
+                        Some("status"),
+                    )
+                    .await
+                {
+                    tracing::warn!(node = %name, "node heartbeat failed: {e}");
+                }
+            }
+        }));
+    }
+
+    let log_index = PodLogIndex::default();
+    let pods = PodManager::start(
+        registry.clone(),
+        cfg.name.clone(),
+        cri.clone(),
+        log_root.clone(),
+        log_index.clone(),
+        &mut tasks,
+    )?;
+    kubelets.register(
+        &cfg.name,
+        Arc::new(NodeLogs {
+            log_root: log_root.clone(),
+            cri: cri.clone(),
+            pods: log_index,
+        }),
+    );
+    tracing::info!(node = %cfg.name, runtime = %runtime.socket().display(), "node agent started");
+    Ok(NodeHandle {
+        name: cfg.name,
+        log_root,
+        runtime,
+        cri,
+        pods,
+        tasks,
+    })
+}
+
+/// Copies `lastTransitionTime` from `old` conditions whose status did not
+/// change.
+pub fn keep_transition_times(status: &mut Value, old: &Value) {
+    let Some(conds) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    for c in conds {
+        let prev = old["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["type"] == c["type"]);
+        if let Some(p) = prev {
+            if p["status"] == c["status"] && p["lastTransitionTime"].is_string() {
+                c["lastTransitionTime"] = p["lastTransitionTime"].clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_describes_this_machine() {
+        let s = node_status("n1", Path::new("/"), "containerd://1.6.20");
+        assert_eq!(s["nodeInfo"]["kubeletVersion"], KUBELET_VERSION);
+        assert_eq!(
+            s["nodeInfo"]["containerRuntimeVersion"],
+            "containerd://1.6.20"
+        );
+        assert!(s["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
+        assert!(s["capacity"]["ephemeral-storage"]
+            .as_str()
+            .unwrap()
+            .ends_with("Ki"));
+        assert_eq!(s["addresses"][0]["address"], HOST_IP);
+        let ready = &s["conditions"][3];
+        assert_eq!(ready["type"], "Ready");
+        assert_eq!(ready["reason"], "KubeletReady");
+        let mut s2 = s.clone();
+        let mut old = s.clone();
+        old["conditions"][3]["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
+        keep_transition_times(&mut s2, &old);
+        assert_eq!(
+            s2["conditions"][3]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+    }
+}

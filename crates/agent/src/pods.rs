@@ -1,0 +1,1045 @@
+//! Pod workers, as the kubelet's: one task per pod bound to this node,
+//! level-triggered by the pod informer (and a 1 s poll while containers
+//! run). A worker starts the pod through CRI, reports its status, restarts
+//! exited containers with CrashLoopBackOff backoff, and stops it when the
+//! pod is deleted.
+
+use crate::logs::{PodLogIndex, PodLogInfo};
+use crate::node::HOST_IP;
+use crate::{find, FIELD_MANAGER};
+use base64::Engine;
+use kobune_apimachinery::ResourceInfo;
+use kobune_apiserver::cache::CacheEvent;
+use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, WriteOptions};
+use kobune_apiserver::Registry;
+use kobune_controllers::runtime::Informer;
+use kobune_cri::pod::{
+    ensure_image, pod_status, pull_policy, restart_container, run_pod, should_restart, stop_pod,
+};
+use kobune_cri::{ContainerState, Cri, PodRuntimeStatus, RunningPod};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const POLL: Duration = Duration::from_secs(1);
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+const START_RETRY_MAX: Duration = Duration::from_secs(60);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Per-container CrashLoopBackOff state.
+#[derive(Debug, Default)]
+struct CrashBackoff {
+    /// The wait before the next restart; `None`: restart at once.
+    delay: Option<Duration>,
+    /// When the pending restart may happen.
+    until: Option<Instant>,
+    /// When the current instance was started.
+    started: Option<Instant>,
+}
+
+/// A pod worker's state.
+#[derive(Default)]
+struct Worker {
+    uid: Option<String>,
+    running: Option<RunningPod>,
+    /// The pod as started (env references resolved).
+    resolved: Option<Value>,
+    backoff: HashMap<String, CrashBackoff>,
+    last_status: Option<Value>,
+    /// (reason, message) -> (event name, count)
+    events: HashMap<(String, String), (String, i64)>,
+    start_failures: u32,
+    retry_at: Option<Instant>,
+    /// Finished (Succeeded/Failed): nothing more to run.
+    terminal: bool,
+}
+
+enum Next {
+    /// Look again after this long (or when the pod changes).
+    After(Duration),
+    /// Nothing to do until the pod changes.
+    Idle,
+    /// The pod is gone and nothing runs: the worker may end.
+    Exit,
+}
+
+/// A worker's wake-up and its task.
+type WorkerHandle = (Arc<Notify>, tokio::task::JoinHandle<()>);
+
+/// All pod workers of the node.
+pub struct PodManager {
+    registry: Arc<Registry>,
+    node: String,
+    cri: Cri,
+    log_root: PathBuf,
+    log_index: PodLogIndex,
+    pods: Arc<ResourceInfo>,
+    events: Arc<ResourceInfo>,
+    configmaps: Arc<ResourceInfo>,
+    secrets: Arc<ResourceInfo>,
+    informer: Arc<Informer>,
+    workers: Mutex<HashMap<String, WorkerHandle>>,
+    opts: WriteOptions,
+}
+
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl PodManager {
+    /// Starts following pods bound to `node`; the informer task is pushed
+    /// onto `tasks`.
+    pub fn start(
+        registry: Arc<Registry>,
+        node: String,
+        cri: Cri,
+        log_root: PathBuf,
+        log_index: PodLogIndex,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> anyhow::Result<Arc<PodManager>> {
+        let informer = Arc::new(Informer::new("/registry/core/pods/"));
+        let mgr = Arc::new(PodManager {
+            pods: find(&registry, "", "v1", "pods")?,
+            events: find(&registry, "", "v1", "events")?,
+            configmaps: find(&registry, "", "v1", "configmaps")?,
+            secrets: find(&registry, "", "v1", "secrets")?,
+            registry: registry.clone(),
+            node,
+            cri,
+            log_root,
+            log_index,
+            informer: informer.clone(),
+            workers: Mutex::default(),
+            opts: WriteOptions {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+        });
+        let m = mgr.clone();
+        let task = informer
+            .start(&registry.cache, move |_, ev| m.on_event(ev))
+            .map_err(|e| anyhow::anyhow!("starting the pod informer: {e}"))?;
+        tasks.push(task);
+        Ok(mgr)
+    }
+
+    fn ours(&self, pod: &Value) -> bool {
+        str_at(pod, "/spec/nodeName") == self.node
+    }
+
+    fn on_event(self: &Arc<Self>, ev: &CacheEvent) {
+        let mut workers = lock(&self.workers);
+        if let Some((n, _)) = workers.get(&ev.key) {
+            n.notify_one();
+        } else if self.ours(&ev.object) {
+            let notify = Arc::new(Notify::new());
+            let me = self.clone();
+            let (key, n) = (ev.key.clone(), notify.clone());
+            let handle = tokio::spawn(async move { me.run_worker(key, n).await });
+            workers.insert(ev.key.clone(), (notify, handle));
+        }
+    }
+
+    /// Aborts every worker (pods keep running in the runtime).
+    pub fn abort_workers(&self) {
+        for (_, (_, h)) in lock(&self.workers).drain() {
+            h.abort();
+        }
+    }
+
+    /// Aborts the workers and removes every sandbox.
+    pub async fn shutdown(&self) {
+        self.abort_workers();
+        if let Err(e) = kobune_cri::pod::remove_all_sandboxes(&self.cri).await {
+            tracing::warn!("removing sandboxes: {e:#}");
+        }
+    }
+
+    async fn run_worker(self: Arc<Self>, key: String, notify: Arc<Notify>) {
+        let mut w = Worker::default();
+        loop {
+            let next = self.sync(&key, &mut w).await;
+            match next {
+                Next::After(d) => {
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                Next::Idle => notify.notified().await,
+                Next::Exit => {
+                    let mut workers = lock(&self.workers);
+                    let gone = self.informer.get(&key).filter(|p| self.ours(p)).is_none();
+                    if gone && w.running.is_none() {
+                        workers.remove(&key);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_logs(&self, r: &RunningPod) {
+        let containers = r
+            .init_containers
+            .iter()
+            .chain(&r.containers)
+            .map(|c| (c.name.clone(), (c.container_id.clone(), c.restart_count)))
+            .collect();
+        lock(&self.log_index).insert(
+            r.uid.clone(),
+            PodLogInfo {
+                log_dir: r.log_dir.clone(),
+                containers,
+            },
+        );
+    }
+
+    async fn stop(&self, w: &mut Worker, grace: i64) {
+        if let Some(r) = w.running.take() {
+            if let Err(e) = stop_pod(&self.cri, &r, grace).await {
+                tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "stopping pod: {e:#}");
+            }
+        }
+    }
+
+    async fn sync(&self, key: &str, w: &mut Worker) -> Next {
+        let pod = self.informer.get(key).filter(|p| self.ours(p));
+        let Some(pod) = pod else {
+            // Deleted from the API (or moved away): stop what runs.
+            self.stop(w, 0).await;
+            if let Some(uid) = w.uid.take() {
+                lock(&self.log_index).remove(&uid);
+            }
+            return Next::Exit;
+        };
+        let uid = str_at(&pod, "/metadata/uid").to_string();
+        if w.uid.as_deref() != Some(uid.as_str()) {
+            self.stop(w, 0).await;
+            if let Some(old) = w.uid.take() {
+                lock(&self.log_index).remove(&old);
+            }
+            *w = Worker {
+                uid: Some(uid.clone()),
+                ..Default::default()
+            };
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return self.terminate(&pod, w).await;
+        }
+        let phase = str_at(&pod, "/status/phase");
+        if w.running.is_none() && (w.terminal || phase == "Succeeded" || phase == "Failed") {
+            return Next::Idle;
+        }
+        if w.running.is_none() {
+            if let Some(at) = w.retry_at {
+                let now = Instant::now();
+                if now < at {
+                    return Next::After(at - now);
+                }
+            }
+            match self.start_pod(&pod, w).await {
+                Ok(r) => {
+                    self.publish_logs(&r);
+                    let now = Instant::now();
+                    for c in &r.containers {
+                        w.backoff.entry(c.name.clone()).or_default().started = Some(now);
+                    }
+                    w.running = Some(r);
+                    w.start_failures = 0;
+                    w.retry_at = None;
+                }
+                Err((reason, message, fatal)) => {
+                    let status = self.pending_status(&pod, w, &reason, &message, fatal);
+                    self.report(&pod, w, status).await;
+                    if fatal {
+                        w.terminal = true;
+                        return Next::Idle;
+                    }
+                    let delay = (Duration::from_secs(2) * 2u32.pow(w.start_failures.min(5)))
+                        .min(START_RETRY_MAX);
+                    w.start_failures += 1;
+                    w.retry_at = Some(Instant::now() + delay);
+                    return Next::After(delay);
+                }
+            }
+        }
+        self.sync_running(&pod, w).await
+    }
+
+    async fn terminate(&self, pod: &Value, w: &mut Worker) -> Next {
+        let grace = pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        if let Some(r) = &w.running {
+            let names: Vec<String> = r.containers.iter().map(|c| c.name.clone()).collect();
+            for c in names {
+                self.event(
+                    w,
+                    pod,
+                    Some(&c),
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {c}"),
+                )
+                .await;
+            }
+        }
+        self.stop(w, grace).await;
+        let (ns, name) = (
+            str_at(pod, "/metadata/namespace"),
+            str_at(pod, "/metadata/name"),
+        );
+        let del = DeleteOptions {
+            grace_period_seconds: Some(0),
+            precondition_uid: w.uid.clone(),
+            ..Default::default()
+        };
+        match self.registry.delete(&self.pods, Some(ns), name, &del).await {
+            Ok(_) => Next::After(Duration::from_secs(5)),
+            Err(e) if e.code == 404 || e.code == 409 => Next::After(Duration::from_secs(5)),
+            Err(e) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), "deleting pod: {e}");
+                Next::After(Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Resolves env references, makes sure images are there and runs the
+    /// pod. Errors: (waiting reason, message, fatal).
+    async fn start_pod(
+        &self,
+        pod: &Value,
+        w: &mut Worker,
+    ) -> Result<RunningPod, (String, String, bool)> {
+        let resolved = match self.resolve_env(pod) {
+            Ok(p) => p,
+            Err(msg) => {
+                self.event(w, pod, None, "Warning", "Failed", &format!("Error: {msg}"))
+                    .await;
+                return Err(("CreateContainerConfigError".into(), msg, false));
+            }
+        };
+        for c in containers(pod) {
+            let cname = c["name"].as_str().unwrap_or_default().to_string();
+            let image = c["image"].as_str().unwrap_or_default().to_string();
+            let policy = pull_policy(c);
+            let present = match self.cri.image_status(&image).await {
+                Ok(p) => p.is_some(),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    return Err(("ContainerCreating".into(), msg, false));
+                }
+            };
+            if present && policy != "Always" {
+                let msg = format!("Container image \"{image}\" already present on machine");
+                self.event(w, pod, Some(&cname), "Normal", "Pulled", &msg)
+                    .await;
+                continue;
+            }
+            if !present && policy == "Never" {
+                let msg =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.event(w, pod, Some(&cname), "Warning", "ErrImageNeverPull", &msg)
+                    .await;
+                self.event(
+                    w,
+                    pod,
+                    Some(&cname),
+                    "Warning",
+                    "Failed",
+                    "Error: ErrImageNeverPull",
+                )
+                .await;
+                return Err(("ErrImageNeverPull".into(), msg, false));
+            }
+            self.event(
+                w,
+                pod,
+                Some(&cname),
+                "Normal",
+                "Pulling",
+                &format!("Pulling image \"{image}\""),
+            )
+            .await;
+            let t = Instant::now();
+            match ensure_image(&self.cri, &image, &policy).await {
+                Ok(_) => {
+                    let msg = format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        t.elapsed().as_secs_f64()
+                    );
+                    self.event(w, pod, Some(&cname), "Normal", "Pulled", &msg)
+                        .await;
+                }
+                Err(e) => {
+                    let msg = format!("Failed to pull image \"{image}\": {e:#}");
+                    self.event(w, pod, Some(&cname), "Warning", "Failed", &msg)
+                        .await;
+                    self.event(
+                        w,
+                        pod,
+                        Some(&cname),
+                        "Warning",
+                        "Failed",
+                        "Error: ErrImagePull",
+                    )
+                    .await;
+                    return Err(("ErrImagePull".into(), msg, false));
+                }
+            }
+        }
+        let r = match run_pod(&self.cri, &resolved, &self.log_root).await {
+            Ok(r) => r,
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text.contains("RunPodSandbox") {
+                    let msg = format!("Failed to create pod sandbox: {text}");
+                    self.event(w, pod, None, "Warning", "FailedCreatePodSandBox", &msg)
+                        .await;
+                    return Err(("ContainerCreating".into(), msg, false));
+                }
+                self.event(w, pod, None, "Warning", "Failed", &format!("Error: {text}"))
+                    .await;
+                let fatal = text.contains("init container")
+                    && str_at(pod, "/spec/restartPolicy") == "Never";
+                let reason = if text.contains("init container") {
+                    "PodInitializing"
+                } else {
+                    "CreateContainerError"
+                };
+                return Err((reason.into(), text, fatal));
+            }
+        };
+        for c in r.init_containers.iter().chain(&r.containers) {
+            let name = c.name.clone();
+            self.event(
+                w,
+                pod,
+                Some(&name),
+                "Normal",
+                "Created",
+                &format!("Created container: {name}"),
+            )
+            .await;
+            self.event(
+                w,
+                pod,
+                Some(&name),
+                "Normal",
+                "Started",
+                &format!("Started container {name}"),
+            )
+            .await;
+        }
+        w.resolved = Some(resolved);
+        Ok(r)
+    }
+
+    async fn sync_running(&self, pod: &Value, w: &mut Worker) -> Next {
+        let Some(r) = w.running.as_ref() else {
+            return Next::Idle;
+        };
+        let st = match pod_status(&self.cri, r).await {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "pod status: {e:#}");
+                return Next::After(POLL);
+            }
+        };
+        let policy = pod.pointer("/spec/restartPolicy").and_then(Value::as_str);
+        let pod_ref = format!(
+            "{}_{}({})",
+            str_at(pod, "/metadata/name"),
+            str_at(pod, "/metadata/namespace"),
+            w.uid.clone().unwrap_or_default()
+        );
+        let now = Instant::now();
+        let mut all_done = true;
+        let mut any_failed = false;
+        let mut waiting: HashMap<String, String> = HashMap::new();
+        let mut restarted = false;
+        let mut next = POLL;
+        for cs in &st.containers {
+            let Some(code) = cs.exit_code() else {
+                all_done = false;
+                continue;
+            };
+            if !should_restart(policy, code) {
+                any_failed |= code != 0;
+                continue;
+            }
+            all_done = false;
+            let b = w.backoff.entry(cs.name.clone()).or_default();
+            if b.until.is_none() {
+                if b.started.is_some_and(|s| now - s > BACKOFF_RESET) {
+                    b.delay = None;
+                }
+                b.until = Some(now + b.delay.unwrap_or_default());
+            }
+            let until = b.until.unwrap_or(now);
+            if now < until {
+                let delay = b.delay.unwrap_or_default();
+                let msg = format!(
+                    "back-off {} restarting failed container={} pod={pod_ref}",
+                    fmt_duration(delay),
+                    cs.name
+                );
+                waiting.insert(cs.name.clone(), msg);
+                next = next.min(until - now);
+                let ev = format!(
+                    "Back-off restarting failed container {} in pod {pod_ref}",
+                    cs.name
+                );
+                let name = cs.name.clone();
+                self.event(w, pod, Some(&name), "Warning", "BackOff", &ev)
+                    .await;
+                continue;
+            }
+            // Restart now.
+            let spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
+            let Some(r) = w.running.as_mut() else {
+                break;
+            };
+            let res = restart_container(&self.cri, &spec_pod, r, &cs.name).await;
+            let b = w.backoff.entry(cs.name.clone()).or_default();
+            b.until = None;
+            b.delay = Some(match b.delay {
+                None => BACKOFF_START,
+                Some(d) => (d * 2).min(BACKOFF_MAX),
+            });
+            b.started = Some(Instant::now());
+            let name = cs.name.clone();
+            match res {
+                Ok(()) => {
+                    restarted = true;
+                    self.event(
+                        w,
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Pulled",
+                        &format!(
+                            "Container image \"{}\" already present on machine",
+                            cs.image
+                        ),
+                    )
+                    .await;
+                    self.event(
+                        w,
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Created",
+                        &format!("Created container: {name}"),
+                    )
+                    .await;
+                    self.event(
+                        w,
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Started",
+                        &format!("Started container {name}"),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    self.event(
+                        w,
+                        pod,
+                        Some(&name),
+                        "Warning",
+                        "Failed",
+                        &format!("Error: {e:#}"),
+                    )
+                    .await;
+                }
+            }
+        }
+        if restarted {
+            if let Some(r) = &w.running {
+                self.publish_logs(r);
+            }
+            // Report the new instances right away.
+            return Box::pin(self.sync_running(pod, w)).await;
+        }
+        let phase = if all_done && !st.containers.is_empty() {
+            if any_failed {
+                "Failed"
+            } else {
+                "Succeeded"
+            }
+        } else {
+            "Running"
+        };
+        let status = self.running_status(pod, w, &st, phase, &waiting);
+        self.report(pod, w, status).await;
+        if phase != "Running" {
+            w.terminal = true;
+            self.stop(w, 0).await;
+            return Next::Idle;
+        }
+        Next::After(next)
+    }
+
+    /// Writes `status` through the status subresource unless it is what
+    /// was reported last.
+    async fn report(&self, pod: &Value, w: &mut Worker, status: Value) {
+        if w.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        let (ns, name) = (
+            str_at(pod, "/metadata/namespace"),
+            str_at(pod, "/metadata/name"),
+        );
+        let patch = json!({ "status": status });
+        match self
+            .registry
+            .patch(
+                &self.pods,
+                Some(ns),
+                name,
+                PatchKind::Merge,
+                &patch,
+                &self.opts,
+                Some("status"),
+            )
+            .await
+        {
+            Ok(_) => w.last_status = Some(status),
+            Err(e) => tracing::debug!(pod = %format!("{ns}/{name}"), "status update: {e}"),
+        }
+    }
+
+    fn base_status(&self, pod: &Value, w: &Worker) -> Value {
+        let prev = w.last_status.as_ref().unwrap_or(&pod["status"]);
+        let start = prev
+            .get("startTime")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(now_rfc3339);
+        let mut s = json!({
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "startTime": start,
+        });
+        if let Some(q) = pod.pointer("/status/qosClass") {
+            s["qosClass"] = q.clone();
+        }
+        s
+    }
+
+    fn pending_status(
+        &self,
+        pod: &Value,
+        w: &Worker,
+        reason: &str,
+        message: &str,
+        fatal: bool,
+    ) -> Value {
+        let mut s = self.base_status(pod, w);
+        let names: Vec<String> = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        let statuses: Vec<Value> = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                json!({
+                    "name": c["name"], "image": c["image"], "imageID": "",
+                    "ready": false, "started": false, "restartCount": 0,
+                    "lastState": {},
+                    "state": {"waiting": {"reason": reason, "message": message}}
+                })
+            })
+            .collect();
+        s["phase"] = json!(if fatal { "Failed" } else { "Pending" });
+        let unready = format!("containers with unready status: [{}]", names.join(" "));
+        s["conditions"] = json!([
+            cond("PodReadyToStartContainers", false, None),
+            cond("Initialized", !reason.starts_with("PodInit"), None),
+            cond("Ready", false, Some(("ContainersNotReady", &unready))),
+            cond(
+                "ContainersReady",
+                false,
+                Some(("ContainersNotReady", &unready))
+            ),
+            cond("PodScheduled", true, None),
+        ]);
+        s["containerStatuses"] = json!(statuses);
+        keep_times(&mut s, w.last_status.as_ref().unwrap_or(&pod["status"]));
+        s
+    }
+
+    fn running_status(
+        &self,
+        pod: &Value,
+        w: &Worker,
+        st: &PodRuntimeStatus,
+        phase: &str,
+        waiting: &HashMap<String, String>,
+    ) -> Value {
+        let mut s = self.base_status(pod, w);
+        let ip = st.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        s["phase"] = json!(phase);
+        s["podIP"] = json!(ip);
+        s["podIPs"] = json!([{ "ip": ip }]);
+        let mut unready = vec![];
+        let statuses: Vec<Value> = st
+            .containers
+            .iter()
+            .map(|c| {
+                let mut v = c.to_k8s();
+                if let Some(msg) = waiting.get(&c.name) {
+                    v["lastState"] = serde_json::to_value(&c.state).unwrap_or_default();
+                    v["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}});
+                    v["ready"] = json!(false);
+                    v["started"] = json!(false);
+                }
+                if v["ready"] != true {
+                    unready.push(c.name.clone());
+                }
+                v
+            })
+            .collect();
+        let init: Vec<Value> = st
+            .init_containers
+            .iter()
+            .map(|c| {
+                let mut v = c.to_k8s();
+                v["ready"] = json!(matches!(
+                    c.state,
+                    ContainerState::Terminated { exit_code: 0, .. }
+                ));
+                v
+            })
+            .collect();
+        let ready = unready.is_empty() && phase == "Running";
+        let why = if phase == "Running" {
+            (
+                "ContainersNotReady",
+                format!("containers with unready status: [{}]", unready.join(" ")),
+            )
+        } else {
+            ("PodCompleted", String::new())
+        };
+        s["conditions"] = json!([
+            cond(
+                "PodReadyToStartContainers",
+                st.sandbox_ready || phase != "Running",
+                None
+            ),
+            cond("Initialized", true, None),
+            cond("Ready", ready, (!ready).then_some((why.0, why.1.as_str()))),
+            cond(
+                "ContainersReady",
+                ready,
+                (!ready).then_some((why.0, why.1.as_str()))
+            ),
+            cond("PodScheduled", true, None),
+        ]);
+        if !init.is_empty() {
+            s["initContainerStatuses"] = json!(init);
+        }
+        s["containerStatuses"] = json!(statuses);
+        keep_times(&mut s, w.last_status.as_ref().unwrap_or(&pod["status"]));
+        s
+    }
+
+    /// Records a core/v1 Event about the pod (repeats bump the count).
+    async fn event(
+        &self,
+        w: &mut Worker,
+        pod: &Value,
+        container: Option<&str>,
+        typ: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        let ns = str_at(pod, "/metadata/namespace");
+        let pod_name = str_at(pod, "/metadata/name");
+        let now = now_rfc3339();
+        let dedup = (reason.to_string(), message.to_string());
+        if let Some((name, count)) = w.events.get(&dedup).cloned() {
+            let patch = json!({"count": count + 1, "lastTimestamp": now});
+            match self
+                .registry
+                .patch(
+                    &self.events,
+                    Some(ns),
+                    &name,
+                    PatchKind::Merge,
+                    &patch,
+                    &self.opts,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    w.events.insert(dedup, (name, count + 1));
+                    return;
+                }
+                Err(e) => tracing::debug!("updating event {name}: {e}"),
+            }
+        }
+        let field_path = container.map(|c| {
+            let init = pod
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x["name"] == c));
+            if init {
+                format!("spec.initContainers{{{c}}}")
+            } else {
+                format!("spec.containers{{{c}}}")
+            }
+        });
+        let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
+            + EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{pod_name}.{nanos:x}");
+        let mut involved = json!({
+            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod_name,
+            "uid": pod["metadata"]["uid"],
+        });
+        if let Some(fp) = field_path {
+            involved["fieldPath"] = json!(fp);
+        }
+        let ev = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": typ,
+            "source": {"component": "kubelet", "host": self.node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+        });
+        match self
+            .registry
+            .create(&self.events, Some(ns), ev, &self.opts)
+            .await
+        {
+            Ok(_) => {
+                w.events.insert(dedup, (name, 1));
+            }
+            Err(e) => tracing::debug!("recording event {reason} for {ns}/{pod_name}: {e}"),
+        }
+    }
+
+    fn lookup(&self, info: &ResourceInfo, ns: &str, name: &str) -> Option<Value> {
+        self.registry.get_cached(info, Some(ns), name).ok()
+    }
+
+    /// One value from a ConfigMap (`data`/`binaryData`) or Secret.
+    fn ref_value(&self, ns: &str, secret: bool, r: &Value) -> Result<Option<String>, String> {
+        let name = r["name"].as_str().unwrap_or_default();
+        let key = r["key"].as_str().unwrap_or_default();
+        let optional = r["optional"].as_bool().unwrap_or(false);
+        let (info, kind, word) = if secret {
+            (&self.secrets, "Secret", "secret")
+        } else {
+            (&self.configmaps, "ConfigMap", "configmap")
+        };
+        let Some(obj) = self.lookup(info, ns, name) else {
+            return if optional {
+                Ok(None)
+            } else {
+                Err(format!("{word} \"{name}\" not found"))
+            };
+        };
+        match data_map(&obj, secret).remove(key) {
+            Some(v) => Ok(Some(v)),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        }
+    }
+
+    /// The pod with `configMapKeyRef`/`secretKeyRef` env values and
+    /// `envFrom` sources turned into literal values.
+    fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
+        let ns = str_at(pod, "/metadata/namespace").to_string();
+        let mut out = pod.clone();
+        for field in ["initContainers", "containers"] {
+            let Some(list) = out["spec"][field].as_array_mut() else {
+                continue;
+            };
+            for c in list {
+                let mut env: Vec<Value> = vec![];
+                for src in c["envFrom"].as_array().into_iter().flatten() {
+                    let prefix = src["prefix"].as_str().unwrap_or_default();
+                    let (r, secret) = if src.get("secretRef").is_some() {
+                        (&src["secretRef"], true)
+                    } else {
+                        (&src["configMapRef"], false)
+                    };
+                    let name = r["name"].as_str().unwrap_or_default();
+                    let info = if secret {
+                        &self.secrets
+                    } else {
+                        &self.configmaps
+                    };
+                    match self.lookup(info, &ns, name) {
+                        Some(obj) => {
+                            let mut kv: Vec<_> = data_map(&obj, secret).into_iter().collect();
+                            kv.sort();
+                            for (k, v) in kv {
+                                env.push(json!({"name": format!("{prefix}{k}"), "value": v}));
+                            }
+                        }
+                        None if r["optional"].as_bool() == Some(true) => {}
+                        None => {
+                            let word = if secret { "secret" } else { "configmap" };
+                            return Err(format!("{word} \"{name}\" not found"));
+                        }
+                    }
+                }
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let vf = &e["valueFrom"];
+                    let resolved = if vf.get("configMapKeyRef").is_some() {
+                        Some(self.ref_value(&ns, false, &vf["configMapKeyRef"])?)
+                    } else if vf.get("secretKeyRef").is_some() {
+                        Some(self.ref_value(&ns, true, &vf["secretKeyRef"])?)
+                    } else {
+                        None
+                    };
+                    match resolved {
+                        None => env.push(e.clone()),
+                        Some(None) => {}
+                        Some(Some(v)) => env.push(json!({"name": e["name"], "value": v})),
+                    }
+                }
+                if c.get("env").is_some() || !env.is_empty() {
+                    c["env"] = json!(env);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    pod.pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            pod.pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+}
+
+fn data_map(obj: &Value, secret: bool) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (field, encoded) in [
+        ("data", secret),
+        ("stringData", false),
+        ("binaryData", true),
+    ] {
+        for (k, v) in obj[field].as_object().into_iter().flatten() {
+            let Some(v) = v.as_str() else { continue };
+            let v = if encoded {
+                match b64.decode(v) {
+                    Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Err(_) => continue,
+                }
+            } else {
+                v.to_string()
+            };
+            out.insert(k.clone(), v);
+        }
+    }
+    out
+}
+
+fn cond(t: &str, status: bool, why: Option<(&str, &str)>) -> Value {
+    let mut c = json!({
+        "type": t,
+        "status": if status { "True" } else { "False" },
+        "lastProbeTime": null,
+        "lastTransitionTime": now_rfc3339(),
+    });
+    if let Some((reason, message)) = why {
+        c["reason"] = json!(reason);
+        if !message.is_empty() {
+            c["message"] = json!(message);
+        }
+    }
+    c
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change.
+fn keep_times(status: &mut Value, old: &Value) {
+    crate::node::keep_transition_times(status, old);
+}
+
+/// `10s`, `1m20s`, `5m0s`, as Go prints a duration.
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(fmt_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(fmt_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(fmt_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn secret_and_configmap_data() {
+        let cm = json!({"data": {"a": "1"}});
+        assert_eq!(data_map(&cm, false)["a"], "1");
+        let sec = json!({"data": {"p": "aGk="}});
+        assert_eq!(data_map(&sec, true)["p"], "hi");
+    }
+
+    #[test]
+    fn conditions_keep_transition_times() {
+        let mut s = json!({"conditions": [cond("Ready", true, None)]});
+        let old = json!({"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t0"}]});
+        keep_times(&mut s, &old);
+        assert_eq!(s["conditions"][0]["lastTransitionTime"], "t0");
+        let mut s = json!({"conditions": [cond("Ready", true, None)]});
+        let old = json!({"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "t0"}]});
+        keep_times(&mut s, &old);
+        assert_ne!(s["conditions"][0]["lastTransitionTime"], "t0");
+    }
+}

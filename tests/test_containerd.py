@@ -1,0 +1,158 @@
+"""Pods on a real node: `kobune server` with its node agent (no
+--disable-agent) runs containers through our own containerd. Needs root and
+containerd; skipped when containerd is not installed (a failure when CI=1)."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import KOBUNE, Server
+
+
+def have_containerd():
+    return shutil.which("containerd") is not None
+
+
+if not have_containerd():
+    if os.environ.get("CI") == "1":
+        raise RuntimeError("containerd is required for tests/test_containerd.py when CI=1")
+    pytest.skip("containerd is not installed", allow_module_level=True)
+
+NODE = "kobune-node"
+
+
+class AgentServer(Server):
+    """A Server whose node agent runs (conftest's always passes --disable-agent)."""
+
+    def start(self):
+        self.log = open(self.data_dir / "server.log", "ab")
+        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+                "--https-listen-port", str(self.port)]
+        if self.datastore:
+            args += ["--datastore-endpoint", self.datastore]
+        args += self.extra_args
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kobune exited:\n" + (self.data_dir / "server.log").read_text())
+            if self.kubeconfig.exists():
+                r = self.kubectl("get", "node", NODE, "-o", "name", check=False)
+                if r.returncode == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("kobune (with its node agent) did not start:\n"
+                           + (self.data_dir / "server.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def node():
+    s = AgentServer(extra_args=["--node-name", NODE])
+    yield s
+    s.stop()
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+
+
+def wait_for(fn, timeout=15, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not met in time (last: {last!r})")
+
+
+def new_ns(s, name):
+    s.kubectl("create", "namespace", name)
+    return name
+
+
+def pod(s, ns, name):
+    return s.json("get", "pod", name, "-n", ns)
+
+
+def test_node_is_registered_ready(node):
+    n = node.json("get", "node", NODE)
+    ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"][0]
+    assert ready["status"] == "True" and ready["reason"] == "KubeletReady"
+    info = n["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    assert info["kubeletVersion"] == "v1.33.0-kobune"
+    assert n["spec"]["podCIDR"].endswith("/24")
+    assert n["status"]["capacity"]["memory"].endswith("Ki")
+    leases = node.kubectl("get", "lease", NODE, "-n", "kube-node-lease", "-o", "name").stdout.split()
+    assert leases == [f"lease.coordination.k8s.io/{NODE}"]
+
+
+def test_web_pod_serves_http_logs_and_deletes(node):
+    ns = new_ns(node, "web")
+    node.kubectl("run", "web", "-n", ns, "--image=kobune.local/busybox:1", "--image-pull-policy=Never",
+                 "--", "sh", "-c", "echo hello from web; exec httpd -f -p 8080 -h /etc")
+    node.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", ns, "--timeout=15s")
+    p = pod(node, ns, "web")
+    assert p["status"]["phase"] == "Running"
+    assert p["spec"]["nodeName"] == NODE
+    ip = p["status"]["podIP"]
+    assert ip.startswith("10.42.")
+    cs = p["status"]["containerStatuses"][0]
+    assert cs["ready"] and cs["containerID"].startswith("containerd://") and cs["imageID"]
+    with urllib.request.urlopen(f"http://{ip}:8080/passwd", timeout=5) as r:
+        assert r.status == 200
+        assert b"root" in r.read()
+    logs = node.kubectl("logs", "web", "-n", ns).stdout
+    assert "hello from web" in logs
+    events = node.json("get", "events", "-n", ns)["items"]
+    reasons = {e["reason"] for e in events if e["source"].get("component") == "kubelet"}
+    assert {"Pulled", "Created", "Started"} <= reasons
+    assert any(e["message"] == "Started container web" for e in events)
+    t = time.time()
+    out = node.kubectl("delete", "pod", "web", "-n", ns, "--grace-period=2", "--timeout=20s").stdout
+    assert 'pod "web" deleted' in out
+    assert time.time() - t < 8, "deletion took longer than the grace period allows"
+    assert node.kubectl("get", "pod", "web", "-n", ns, check=False).returncode != 0
+
+
+def test_crash_loop_backoff_and_previous_logs(node):
+    ns = new_ns(node, "crash")
+    node.kubectl("run", "crash", "-n", ns, "--image=kobune.local/busybox:1", "--image-pull-policy=Never",
+                 "--", "sh", "-c", "echo crash; exit 1")
+
+    def looping():
+        p = pod(node, ns, "crash")
+        cs = (p["status"].get("containerStatuses") or [{}])[0]
+        waiting = cs.get("state", {}).get("waiting", {})
+        return p if cs.get("restartCount", 0) >= 1 and waiting.get("reason") == "CrashLoopBackOff" else None
+
+    p = wait_for(looping, timeout=20, what="CrashLoopBackOff")
+    cs = p["status"]["containerStatuses"][0]
+    assert cs["lastState"]["terminated"]["exitCode"] == 1
+    assert cs["state"]["waiting"]["message"].startswith("back-off 10s restarting failed container=crash pod=crash_crash(")
+    row = node.kubectl("get", "pod", "crash", "-n", ns).stdout.splitlines()[1].split()
+    assert row[2] == "CrashLoopBackOff", row
+    assert node.kubectl("logs", "crash", "-n", ns, "--previous").stdout == "crash\n"
+    events = node.json("get", "events", "-n", ns)["items"]
+    assert any(e["reason"] == "BackOff" and e["type"] == "Warning" for e in events)
+    node.kubectl("delete", "pod", "crash", "-n", ns, "--grace-period=1", "--timeout=20s")
+
+
+def test_missing_image_with_never_pull_policy(node):
+    ns = new_ns(node, "missing")
+    node.kubectl("run", "nope", "-n", ns, "--image=example.com/nope:1", "--image-pull-policy=Never")
+
+    def event():
+        items = node.json("get", "events", "-n", ns)["items"]
+        return [e for e in items if e["reason"] == "ErrImageNeverPull" and "example.com/nope:1" in e["message"]]
+
+    ev = wait_for(event, timeout=15, what="ErrImageNeverPull event")[0]
+    assert ev["type"] == "Warning" and ev["involvedObject"]["name"] == "nope"
+    p = pod(node, ns, "nope")
+    assert p["status"]["phase"] == "Pending"
+    assert p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+    node.kubectl("delete", "pod", "nope", "-n", ns, "--timeout=20s")
