@@ -161,8 +161,13 @@ impl Ctx {
     fn q(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
     }
+    /// A boolean parameter, parsed as Go's strconv.ParseBool (as upstream);
+    /// a bare `?watch` counts as true.
     fn flag(&self, k: &str) -> bool {
-        matches!(self.q(k), Some("true") | Some("1") | Some(""))
+        matches!(
+            self.q(k),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True" | "")
+        )
     }
 
     fn write_options(&self) -> Result<WriteOptions, ApiError> {
