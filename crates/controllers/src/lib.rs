@@ -6,15 +6,21 @@
 //!   foreground and orphan propagation).
 //! - [`namespace`]: namespace lifecycle (deleting a namespace's content,
 //!   then finalizing it).
+//! - [`replicaset`]: ReplicaSets keep their pods.
+//! - [`deployment`]: Deployments roll out ReplicaSets.
 //!
-//! The shared plumbing lives in [`runtime`].
+//! The shared plumbing lives in [`runtime`] (and [`workload`] for the
+//! workload controllers).
 
 // ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod deployment;
 pub mod garbage_collector;
 pub mod namespace;
+pub mod replicaset;
 pub mod runtime;
+pub mod workload;
 
 use kobune_apiserver::registry::WriteOptions;
 use kobune_apiserver::Registry;
@@ -26,6 +32,8 @@ pub const FIELD_MANAGER: &str = "kobune-controller-manager";
 
 const GC_WORKERS: usize = 4;
 const NAMESPACE_WORKERS: usize = 2;
+const REPLICASET_WORKERS: usize = 5;
+const DEPLOYMENT_WORKERS: usize = 5;
 
 /// Starts every controller on the current runtime and returns once their
 /// informers have synced; they run until the process ends.
@@ -73,6 +81,32 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
             async move { namespace::sync_namespace(&reg, &name, &o).await }
         },
         NAMESPACE_WORKERS,
+    ));
+
+    // ReplicaSets and Deployments.
+    let rs = replicaset::Controller::new(registry.clone(), opts.clone())?;
+    rs.start_informers()?;
+    let c = rs.clone();
+    tokio::spawn(run_controller(
+        "replicaset",
+        rs.queue.clone(),
+        move |key: String| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        },
+        REPLICASET_WORKERS,
+    ));
+    let dc = deployment::Controller::new(registry.clone(), opts.clone())?;
+    dc.start_informers()?;
+    let c = dc.clone();
+    tokio::spawn(run_controller(
+        "deployment",
+        dc.queue.clone(),
+        move |key: String| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        },
+        DEPLOYMENT_WORKERS,
     ));
     tracing::info!("controllers started");
     Ok(())

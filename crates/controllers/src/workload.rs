@@ -1,0 +1,284 @@
+//! Helpers the workload controllers ([`crate::replicaset`],
+//! [`crate::deployment`]) share: object accessors, controller references,
+//! selectors, pod readiness, and event recording.
+
+use kobune_apimachinery::selectors::Selector;
+use kobune_apiserver::registry::{Registry, WriteOptions};
+use serde_json::{json, Value};
+
+/// Index: namespace -> keys of the objects in it.
+pub const BY_NAMESPACE: &str = "namespace";
+/// Index: controller owner uid -> keys of the objects it controls.
+pub const BY_CONTROLLER: &str = "controller";
+
+pub fn meta_str<'v>(o: &'v Value, field: &str) -> &'v str {
+    o.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn name(o: &Value) -> &str {
+    meta_str(o, "name")
+}
+
+pub fn namespace(o: &Value) -> &str {
+    meta_str(o, "namespace")
+}
+
+pub fn uid(o: &Value) -> &str {
+    meta_str(o, "uid")
+}
+
+pub fn deleting(o: &Value) -> bool {
+    o.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+}
+
+pub fn i64_at(o: &Value, ptr: &str) -> i64 {
+    o.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+pub fn annotation<'v>(o: &'v Value, key: &str) -> Option<&'v str> {
+    o.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+}
+
+/// The ownerReference with `controller: true`, if any.
+pub fn controller_ref(o: &Value) -> Option<&Value> {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+}
+
+/// A controller reference as controllers set it.
+pub fn controller_owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind, "name": name(owner), "uid": uid(owner),
+        "controller": true, "blockOwnerDeletion": true
+    })
+}
+
+/// Index function: namespace.
+pub fn index_namespace(o: &Value) -> Vec<String> {
+    vec![namespace(o).to_string()]
+}
+
+/// Index function: the controller's uid.
+pub fn index_controller(o: &Value) -> Vec<String> {
+    controller_ref(o)
+        .and_then(|r| r.get("uid"))
+        .and_then(Value::as_str)
+        .map(|s| vec![s.to_string()])
+        .unwrap_or_default()
+}
+
+/// Whether a workload's `spec.selector` matches an object's labels. An
+/// empty or invalid selector matches nothing, as for workloads upstream.
+pub fn selector_matches(selector: Option<&Value>, obj: &Value) -> bool {
+    let Some(sel) = selector else { return false };
+    match Selector::from_label_selector(sel) {
+        Ok(s) if !s.is_empty() => {
+            s.matches_labels(obj.pointer("/metadata/labels").and_then(Value::as_object))
+        }
+        _ => false,
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp.
+pub fn parse_time(s: &str) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+}
+
+pub fn now_secs() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
+/// The pod's Ready condition, if true: its lastTransitionTime (0 when unknown).
+pub fn ready_since(pod: &Value) -> Option<f64> {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        .map(|c| {
+            c.get("lastTransitionTime")
+                .and_then(Value::as_str)
+                .and_then(parse_time)
+                .unwrap_or(0.0)
+        })
+}
+
+pub fn pod_ready(pod: &Value) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Ready for at least `min_ready` seconds at `now`.
+pub fn pod_available(pod: &Value, min_ready: i64, now: f64) -> bool {
+    match ready_since(pod) {
+        Some(_) if min_ready <= 0 => true,
+        Some(t) => t + min_ready as f64 <= now,
+        None => false,
+    }
+}
+
+/// Not terminating and not finished.
+pub fn pod_active(pod: &Value) -> bool {
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    !deleting(pod) && phase != Some("Succeeded") && phase != Some("Failed")
+}
+
+/// Records an Event about `obj` (best effort).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_event(
+    reg: &Registry,
+    opts: &WriteOptions,
+    component: &str,
+    obj: &Value,
+    kind: (&str, &str),
+    ty: &str,
+    reason: &str,
+    message: &str,
+) {
+    let Some(info) = reg.resources.find("", "v1", "events") else {
+        return;
+    };
+    let now = kobune_apiserver::registry::now_rfc3339();
+    let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let ns = namespace(obj);
+    let ev = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{}.{:x}", name(obj), nanos), "namespace": ns},
+        "involvedObject": {
+            "apiVersion": kind.0, "kind": kind.1, "namespace": ns, "name": name(obj),
+            "uid": uid(obj), "resourceVersion": meta_str(obj, "resourceVersion"),
+        },
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": ty,
+        "reportingComponent": component,
+        "reportingInstance": format!("{component}-kobune"),
+    });
+    if let Err(e) = reg.create(&info, Some(ns), ev, opts).await {
+        tracing::debug!("recording event {reason} failed: {e}");
+    }
+}
+
+/// The value with object keys sorted at every level (for stable hashing).
+pub fn canonical(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    write(&m[k.as_str()], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    write(v, &mut s);
+    s
+}
+
+/// 32-bit FNV-1a, as upstream hashes pod templates.
+pub fn fnv32a(data: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in data {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Sets a condition (by type); keeps lastTransitionTime when the status is
+/// unchanged. Returns the new list.
+pub fn set_condition(conds: &[Value], new: Value) -> Vec<Value> {
+    let mut out: Vec<Value> = vec![];
+    let mut placed = false;
+    for c in conds {
+        if c["type"] == new["type"] {
+            let mut n = new.clone();
+            if c["status"] == new["status"] && c.get("lastTransitionTime").is_some() {
+                n["lastTransitionTime"] = c["lastTransitionTime"].clone();
+            }
+            out.push(n);
+            placed = true;
+        } else {
+            out.push(c.clone());
+        }
+    }
+    if !placed {
+        out.push(new);
+    }
+    out
+}
+
+pub fn get_condition<'a>(conds: &'a [Value], ty: &str) -> Option<&'a Value> {
+    conds.iter().find(|c| c["type"] == ty)
+}
+
+pub fn conditions(o: &Value) -> Vec<Value> {
+    o.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sorts_keys() {
+        let a = json!({"b": 1, "a": {"d": [1, {"y": 2, "x": 1}], "c": "s"}});
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":{"c":"s","d":[1,{"x":1,"y":2}]},"b":1}"#
+        );
+        assert_eq!(fnv32a(b""), 0x811c9dc5);
+        assert_eq!(fnv32a(b"a"), 0xe40c292c);
+    }
+
+    #[test]
+    fn selectors_and_readiness() {
+        let pod = json!({"metadata": {"labels": {"app": "web"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"}]}});
+        assert!(selector_matches(
+            Some(&json!({"matchLabels": {"app": "web"}})),
+            &pod
+        ));
+        assert!(!selector_matches(Some(&json!({})), &pod));
+        assert!(!selector_matches(None, &pod));
+        let t = parse_time("2024-01-01T00:00:00Z").unwrap();
+        assert!(pod_available(&pod, 10, t + 10.0));
+        assert!(!pod_available(&pod, 10, t + 9.0));
+    }
+}
