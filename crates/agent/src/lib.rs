@@ -12,6 +12,8 @@
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod probes;
+pub mod volumes;
 
 pub use node::{start_node, NodeConfig, NodeHandle};
 

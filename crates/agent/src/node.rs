@@ -233,6 +233,16 @@ pub async fn start_node(
     std::fs::create_dir_all(&log_root)
         .with_context(|| format!("creating {}", log_root.display()))?;
 
+    // Pod volume directories; what a previous run left is stale too.
+    let pods_root = cfg.data_dir.join("pods");
+    if pods_root.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&pods_root) {
+            tracing::warn!("removing stale pod directories: {e}");
+        }
+    }
+    std::fs::create_dir_all(&pods_root)
+        .with_context(|| format!("creating {}", pods_root.display()))?;
+
     let opts = WriteOptions {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -362,6 +372,7 @@ pub async fn start_node(
         cfg.name.clone(),
         cri.clone(),
         log_root.clone(),
+        pods_root,
         log_index.clone(),
         &mut tasks,
     )?;

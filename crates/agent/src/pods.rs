@@ -6,6 +6,8 @@
 
 use crate::logs::{PodLogIndex, PodLogInfo};
 use crate::node::HOST_IP;
+use crate::probes::{has_probes, run_hook, Prober};
+use crate::volumes::{self, PodVolumes};
 use crate::{find, FIELD_MANAGER};
 use base64::Engine;
 use kobune_apimachinery::ResourceInfo;
@@ -14,7 +16,8 @@ use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, WriteOpt
 use kobune_apiserver::Registry;
 use kobune_controllers::runtime::Informer;
 use kobune_cri::pod::{
-    ensure_image, pod_status, pull_policy, restart_container, run_pod, should_restart, stop_pod,
+    ensure_image, pod_status, pull_policy, restart_container, run_pod, should_restart,
+    stop_container, stop_pod, VOLUME_PATHS_KEY,
 };
 use kobune_cri::{ContainerState, Cri, PodRuntimeStatus, RunningPod};
 use serde_json::{json, Value};
@@ -25,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// CRI `ContainerState::CONTAINER_RUNNING`.
+const CRI_RUNNING: i32 = 1;
 const POLL: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -65,6 +70,12 @@ struct Worker {
     retry_at: Option<Instant>,
     /// Finished (Succeeded/Failed): nothing more to run.
     terminal: bool,
+    /// The pod's prepared volumes.
+    volumes: Option<PodVolumes>,
+    /// The pod's prober task (pods with probes).
+    prober: Option<Prober>,
+    /// Wakes this worker (the prober uses it).
+    wake: Option<Arc<Notify>>,
 }
 
 enum Next {
@@ -85,6 +96,7 @@ pub struct PodManager {
     node: String,
     cri: Cri,
     log_root: PathBuf,
+    pods_root: PathBuf,
     log_index: PodLogIndex,
     pods: Arc<ResourceInfo>,
     events: Arc<ResourceInfo>,
@@ -99,12 +111,14 @@ static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl PodManager {
     /// Starts following pods bound to `node`; the informer task is pushed
-    /// onto `tasks`.
+    /// onto `tasks`. Pod volumes live under `pods_root/<uid>`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         registry: Arc<Registry>,
         node: String,
         cri: Cri,
         log_root: PathBuf,
+        pods_root: PathBuf,
         log_index: PodLogIndex,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> anyhow::Result<Arc<PodManager>> {
@@ -118,6 +132,7 @@ impl PodManager {
             node,
             cri,
             log_root,
+            pods_root,
             log_index,
             informer: informer.clone(),
             workers: Mutex::default(),
@@ -167,7 +182,10 @@ impl PodManager {
     }
 
     async fn run_worker(self: Arc<Self>, key: String, notify: Arc<Notify>) {
-        let mut w = Worker::default();
+        let mut w = Worker {
+            wake: Some(notify.clone()),
+            ..Default::default()
+        };
         loop {
             let next = self.sync(&key, &mut w).await;
             match next {
@@ -207,6 +225,7 @@ impl PodManager {
     }
 
     async fn stop(&self, w: &mut Worker, grace: i64) {
+        w.prober = None;
         if let Some(r) = w.running.take() {
             if let Err(e) = stop_pod(&self.cri, &r, grace).await {
                 tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "stopping pod: {e:#}");
@@ -221,6 +240,8 @@ impl PodManager {
             self.stop(w, 0).await;
             if let Some(uid) = w.uid.take() {
                 lock(&self.log_index).remove(&uid);
+                w.volumes = None;
+                volumes::cleanup(&self.pods_root, &uid);
             }
             return Next::Exit;
         };
@@ -229,9 +250,11 @@ impl PodManager {
             self.stop(w, 0).await;
             if let Some(old) = w.uid.take() {
                 lock(&self.log_index).remove(&old);
+                volumes::cleanup(&self.pods_root, &old);
             }
             *w = Worker {
                 uid: Some(uid.clone()),
+                wake: w.wake.take(),
                 ..Default::default()
             };
         }
@@ -287,6 +310,12 @@ impl PodManager {
                     .and_then(Value::as_i64)
             })
             .unwrap_or(30);
+        let mut grace = grace;
+        if w.running.is_some() {
+            let started = Instant::now();
+            self.run_pre_stop(pod, w, grace).await;
+            grace = (grace - started.elapsed().as_secs() as i64).max(if grace > 0 { 2 } else { 0 });
+        }
         if let Some(r) = &w.running {
             let names: Vec<String> = r.containers.iter().map(|c| c.name.clone()).collect();
             for c in names {
@@ -328,6 +357,17 @@ impl PodManager {
         pod: &Value,
         w: &mut Worker,
     ) -> Result<RunningPod, (String, String, bool)> {
+        if w.volumes.is_none() {
+            match self.setup_volumes(pod) {
+                Ok(v) => w.volumes = Some(v),
+                Err((vol, msg)) => {
+                    let msg = format!("MountVolume.SetUp failed for volume \"{vol}\" : {msg}");
+                    self.event(w, pod, None, "Warning", "FailedMount", &msg)
+                        .await;
+                    return Err(("ContainerCreating".into(), msg, false));
+                }
+            }
+        }
         let resolved = match self.resolve_env(pod) {
             Ok(p) => p,
             Err(msg) => {
@@ -405,6 +445,10 @@ impl PodManager {
                 }
             }
         }
+        let mut resolved = resolved;
+        if let Some(v) = &w.volumes {
+            resolved[VOLUME_PATHS_KEY] = Value::Object(v.paths.clone());
+        }
         let r = match run_pod(&self.cri, &resolved, &self.log_root).await {
             Ok(r) => r,
             Err(e) => {
@@ -448,11 +492,208 @@ impl PodManager {
             )
             .await;
         }
+        for c in &r.containers {
+            self.post_start(pod, w, &resolved, &r, &c.name).await;
+        }
+        if has_probes(&resolved) {
+            let wake = w.wake.clone().unwrap_or_default();
+            let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+            let prober = Prober::start(self.cri.clone(), resolved.clone(), ip, wake);
+            for c in &r.containers {
+                prober.set_target(&c.name, &c.container_id);
+            }
+            w.prober = Some(prober);
+        }
         w.resolved = Some(resolved);
         Ok(r)
     }
 
+    fn setup_volumes(&self, pod: &Value) -> Result<PodVolumes, (String, String)> {
+        let lookup = |secret: bool, ns: &str, name: &str| {
+            let info = if secret {
+                &self.secrets
+            } else {
+                &self.configmaps
+            };
+            self.lookup(info, ns, name)
+        };
+        PodVolumes::setup(&self.pods_root, pod, &lookup)
+    }
+
+    fn refresh_volumes(&self, pod: &Value, w: &mut Worker) {
+        let Some(v) = w.volumes.as_mut() else {
+            return;
+        };
+        let lookup = |secret: bool, ns: &str, name: &str| {
+            let info = if secret {
+                &self.secrets
+            } else {
+                &self.configmaps
+            };
+            self.lookup(info, ns, name)
+        };
+        for name in v.refresh(pod, &lookup) {
+            tracing::debug!(volume = %name, "volume content updated");
+        }
+    }
+
+    fn pod_ref(pod: &Value) -> String {
+        format!(
+            "{}_{}({})",
+            str_at(pod, "/metadata/name"),
+            str_at(pod, "/metadata/namespace"),
+            str_at(pod, "/metadata/uid")
+        )
+    }
+
+    /// Runs container `name`'s postStart hook; on failure the container
+    /// is killed (and restarted per restartPolicy).
+    async fn post_start(
+        &self,
+        pod: &Value,
+        w: &mut Worker,
+        spec_pod: &Value,
+        r: &RunningPod,
+        name: &str,
+    ) {
+        let Some(spec) = spec_container(spec_pod, name) else {
+            return;
+        };
+        let Some(hook) = spec
+            .pointer("/lifecycle/postStart")
+            .filter(|h| h.is_object())
+        else {
+            return;
+        };
+        let Some(c) = r.container(name) else { return };
+        let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        let res = run_hook(
+            &self.cri,
+            hook,
+            spec,
+            &c.container_id,
+            &ip,
+            &Self::pod_ref(pod),
+            Duration::from_secs(30),
+        )
+        .await;
+        if let Err(msg) = res {
+            self.event(w, pod, Some(name), "Warning", "FailedPostStartHook", &msg)
+                .await;
+            self.event(
+                w,
+                pod,
+                Some(name),
+                "Normal",
+                "Killing",
+                "FailedPostStartHook",
+            )
+            .await;
+            if let Err(e) = stop_container(&self.cri, &c.container_id, grace_of(spec_pod)).await {
+                tracing::warn!("killing container {name}: {e:#}");
+            }
+        }
+    }
+
+    /// Runs the preStop hooks of all running containers concurrently, for
+    /// at most `grace` seconds.
+    async fn run_pre_stop(&self, pod: &Value, w: &mut Worker, grace: i64) {
+        let Some(r) = &w.running else { return };
+        let spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
+        let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        let mut set = tokio::task::JoinSet::new();
+        for c in &r.containers {
+            let Some(spec) = spec_container(&spec_pod, &c.name) else {
+                continue;
+            };
+            let Some(hook) = spec.pointer("/lifecycle/preStop").filter(|h| h.is_object()) else {
+                continue;
+            };
+            match self.cri.container_status(&c.container_id).await {
+                Ok(Some(st)) if st.state == CRI_RUNNING => {}
+                _ => continue,
+            }
+            let (cri, hook, spec, id, ip, pref, name) = (
+                self.cri.clone(),
+                hook.clone(),
+                spec.clone(),
+                c.container_id.clone(),
+                ip.clone(),
+                Self::pod_ref(pod),
+                c.name.clone(),
+            );
+            let limit = Duration::from_secs(grace.max(1) as u64);
+            set.spawn(async move {
+                let r = tokio::time::timeout(
+                    limit,
+                    run_hook(&cri, &hook, &spec, &id, &ip, &pref, limit),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("preStop hook for Container \"{name}\" timed out"))
+                });
+                (name, r)
+            });
+        }
+        while let Some(res) = set.join_next().await {
+            if let Ok((name, Err(msg))) = res {
+                self.event(w, pod, Some(&name), "Warning", "FailedPreStopHook", &msg)
+                    .await;
+            }
+        }
+    }
+
+    /// Records probe events and kills containers whose liveness or startup
+    /// probe failed (they are restarted by the usual restart path).
+    async fn handle_probes(&self, pod: &Value, w: &mut Worker) {
+        let Some(prober) = &w.prober else { return };
+        let events = prober.take_events();
+        let mut kills = vec![];
+        if let Some(r) = &w.running {
+            for c in &r.containers {
+                if let Some(res) = prober.result(&c.name, &c.container_id) {
+                    if let Some(k) = &res.kill {
+                        kills.push((c.name.clone(), c.container_id.clone(), k.clone()));
+                    }
+                }
+            }
+        }
+        for (c, typ, reason, msg) in events {
+            self.event(w, pod, Some(&c), &typ, &reason, &msg).await;
+        }
+        let spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
+        for (name, id, kind) in kills {
+            // Only once per instance.
+            let st = self.cri.container_status(&id).await;
+            if !matches!(st, Ok(Some(ref s)) if s.state == CRI_RUNNING) {
+                continue;
+            }
+            self.event(
+                w,
+                pod,
+                Some(&name),
+                "Normal",
+                "Killing",
+                &format!("Container {name} failed {kind} probe, will be restarted"),
+            )
+            .await;
+            let probe_field = if kind == "liveness" {
+                "livenessProbe"
+            } else {
+                "startupProbe"
+            };
+            let grace = spec_container(&spec_pod, &name)
+                .and_then(|c| c[probe_field]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or_else(|| grace_of(&spec_pod));
+            if let Err(e) = stop_container(&self.cri, &id, grace).await {
+                tracing::warn!("killing container {name}: {e:#}");
+            }
+        }
+    }
+
     async fn sync_running(&self, pod: &Value, w: &mut Worker) -> Next {
+        self.handle_probes(pod, w).await;
+        self.refresh_volumes(pod, w);
         let Some(r) = w.running.as_ref() else {
             return Next::Idle;
         };
@@ -529,6 +770,12 @@ impl PodManager {
             match res {
                 Ok(()) => {
                     restarted = true;
+                    if let Some(r) = w.running.clone() {
+                        if let (Some(p), Some(c)) = (&w.prober, r.container(&name)) {
+                            p.set_target(&name, &c.container_id);
+                        }
+                        self.post_start(pod, w, &spec_pod, &r, &name).await;
+                    }
                     self.event(
                         w,
                         pod,
@@ -713,6 +960,22 @@ impl PodManager {
             .iter()
             .map(|c| {
                 let mut v = c.to_k8s();
+                let running = matches!(c.state, ContainerState::Running { .. });
+                let spec = spec_container(pod, &c.name);
+                let has = |k: &str| spec.is_some_and(|s| s.get(k).is_some_and(Value::is_object));
+                if running && (has("startupProbe") || has("readinessProbe")) {
+                    let id = c
+                        .container_id
+                        .strip_prefix("containerd://")
+                        .unwrap_or(&c.container_id);
+                    let res = w.prober.as_ref().and_then(|p| p.result(&c.name, id));
+                    let (started, ready) = match res {
+                        Some(r) => (r.started, r.ready && r.started),
+                        None => (!has("startupProbe"), false),
+                    };
+                    v["started"] = json!(started);
+                    v["ready"] = json!(ready);
+                }
                 if let Some(msg) = waiting.get(&c.name) {
                     v["lastState"] = serde_json::to_value(&c.state).unwrap_or_default();
                     v["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}});
@@ -942,6 +1205,20 @@ impl PodManager {
         }
         Ok(out)
     }
+}
+
+fn spec_container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod.pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+}
+
+fn grace_of(pod: &Value) -> i64 {
+    pod.pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30)
 }
 
 fn containers(pod: &Value) -> impl Iterator<Item = &Value> {

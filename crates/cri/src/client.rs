@@ -153,6 +153,50 @@ impl Cri {
     }
 }
 
+/// The outcome of [`Cri::exec_sync`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Cri {
+    /// CRI `ExecSync`: runs `cmd` in the container and waits at most
+    /// `timeout` (whole seconds, at least 1) for it.
+    pub async fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<ExecOutput> {
+        let secs = timeout.as_secs().max(1);
+        let req = cri::ExecSyncRequest {
+            container_id: container_id.into(),
+            cmd: cmd.to_vec(),
+            timeout: secs as i64,
+        };
+        let mut rt = self.runtime.clone();
+        let call = rt.exec_sync(req);
+        let resp = tokio::time::timeout(Duration::from_secs(secs + 2), call)
+            .await
+            .map_err(|_| anyhow::anyhow!("command {:?} timed out", cmd.join(" ")))?
+            .map_err(|s| {
+                if s.code() == tonic::Code::DeadlineExceeded || s.message().contains("timeout") {
+                    anyhow::anyhow!("command {:?} timed out", cmd.join(" "))
+                } else {
+                    anyhow::Error::new(s).context("CRI ExecSync")
+                }
+            })?
+            .into_inner();
+        Ok(ExecOutput {
+            exit_code: resp.exit_code,
+            stdout: resp.stdout,
+            stderr: resp.stderr,
+        })
+    }
+}
+
 /// A CRI `ImageSpec` naming `image`.
 pub fn image_spec(image: &str) -> cri::ImageSpec {
     cri::ImageSpec {

@@ -21,7 +21,7 @@ pub mod images;
 pub mod oci;
 pub mod pod;
 
-pub use client::Cri;
+pub use client::{Cri, ExecOutput};
 pub use containerd::{CniConfig, Containerd};
 pub use pod::{
     pod_status, restart_container, run_pod, stop_pod, ContainerRuntimeStatus, ContainerState,

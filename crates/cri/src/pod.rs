@@ -7,7 +7,11 @@
 //! `$(VAR)` expansion, cpu/memory requests and limits, ports with
 //! `hostPort`), hostname, hostNetwork/hostPID/hostIPC/shareProcessNamespace,
 //! runAsUser/runAsGroup, privileged, readOnlyRootFilesystem,
-//! terminationGracePeriodSeconds. Not yet: volumes, probes, DNS config.
+//! terminationGracePeriodSeconds, and volumeMounts (readOnly, subPath) as
+//! CRI mounts. The node agent prepares volume directories and passes their
+//! host paths in the pod JSON under [`VOLUME_PATHS_KEY`] (volume name ->
+//! host path); hostPath volumes need no preparation. Probes and lifecycle
+//! hooks are the agent's job ([`Cri::exec_sync`]). Not yet: DNS config.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -495,6 +499,65 @@ fn field_ref(pod: &Value, path: &str, pod_ip: Option<&str>) -> Option<String> {
     })
 }
 
+/// Top-level key of the pod JSON given to [`run_pod`] that maps volume
+/// names to prepared host paths (set by the node agent, never stored).
+pub const VOLUME_PATHS_KEY: &str = "__kobuneVolumePaths";
+
+/// CRI mounts for a container's `volumeMounts`. A subPath that does not
+/// exist yet is created as a directory (as the kubelet does).
+pub fn container_mounts(pod: &Value, container: &Value) -> anyhow::Result<Vec<cri::Mount>> {
+    let mut out = vec![];
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let vol = s(m, &["name"]).unwrap_or_default();
+        let target = s(m, &["mountPath"]).unwrap_or_default();
+        if target.is_empty() {
+            continue;
+        }
+        let host = match s(pod, &[VOLUME_PATHS_KEY, vol]) {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let spec = pod["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| s(v, &["name"]) == Some(vol));
+                match spec.and_then(|v| s(v, &["hostPath", "path"])) {
+                    Some(p) => PathBuf::from(p),
+                    None => anyhow::bail!("volume {vol:?} of mount {target} is not prepared"),
+                }
+            }
+        };
+        let sub = s(m, &["subPath"]).unwrap_or_default();
+        let host = if sub.is_empty() {
+            host
+        } else {
+            anyhow::ensure!(
+                !sub.starts_with('/') && !sub.split('/').any(|c| c == ".."),
+                "invalid subPath {sub:?}"
+            );
+            let p = host.join(sub);
+            if std::fs::symlink_metadata(&p).is_err() {
+                std::fs::create_dir_all(&p)
+                    .with_context(|| format!("creating subPath {}", p.display()))?;
+            }
+            p
+        };
+        let propagation = match s(m, &["mountPropagation"]).unwrap_or_default() {
+            "HostToContainer" => cri::MountPropagation::PropagationHostToContainer,
+            "Bidirectional" => cri::MountPropagation::PropagationBidirectional,
+            _ => cri::MountPropagation::PropagationPrivate,
+        };
+        out.push(cri::Mount {
+            container_path: target.to_string(),
+            host_path: host.to_string_lossy().into_owned(),
+            readonly: bool_at(m, &["readOnly"]),
+            propagation: propagation as i32,
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
 /// The CRI container config for `container` of `pod` (restart `attempt`).
 pub fn container_config(
     pod: &Value,
@@ -602,6 +665,7 @@ pub fn container_config(
         labels,
         annotations,
         log_path: container_log_path(name, attempt),
+        mounts: container_mounts(pod, container)?,
         stdin: bool_at(container, &["stdin"]),
         stdin_once: bool_at(container, &["stdinOnce"]),
         tty: bool_at(container, &["tty"]),
@@ -908,6 +972,19 @@ pub async fn stop_pod(cri: &Cri, pod: &RunningPod, grace_seconds: i64) -> anyhow
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// StopContainer with `grace_seconds` (NotFound is fine).
+pub async fn stop_container(cri: &Cri, id: &str, grace_seconds: i64) -> anyhow::Result<()> {
+    let r = cri
+        .runtime
+        .clone()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: grace_seconds.max(0),
+        })
+        .await;
+    not_found_ok(r, &format!("StopContainer {id}"))
 }
 
 /// StopPodSandbox + RemovePodSandbox (NotFound is fine).
