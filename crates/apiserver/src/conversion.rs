@@ -102,94 +102,52 @@ fn hpa_v1_to_v2(mut obj: Value) -> Value {
     obj
 }
 
-fn event_core_to_v1(obj: Value) -> Value {
+/// Event fields as (core/v1 name, events.k8s.io/v1 name); unnamed ones keep their name.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("apiVersion", "apiVersion"),
+    ("kind", "kind"),
+    ("metadata", "metadata"),
+    ("eventTime", "eventTime"),
+    ("series", "series"),
+    ("action", "action"),
+    ("reason", "reason"),
+    ("related", "related"),
+    ("reportingInstance", "reportingInstance"),
+    ("type", "type"),
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+/// Renames an Event's fields between the two APIs (`to_v1` picks the direction).
+fn convert_event(obj: Value, to_v1: bool) -> Value {
     let Value::Object(mut src) = obj else {
         return obj;
     };
     let mut dst = Map::new();
-    for k in [
-        "apiVersion",
-        "kind",
-        "metadata",
-        "eventTime",
-        "series",
-        "action",
-        "reason",
-        "related",
-        "reportingInstance",
-        "type",
-    ] {
-        move_field(&mut src, &mut dst, k, k);
+    for (core, v1) in EVENT_FIELDS {
+        let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+        move_field(&mut src, &mut dst, from, to);
     }
-    move_field(&mut src, &mut dst, "involvedObject", "regarding");
-    move_field(&mut src, &mut dst, "message", "note");
-    move_field(
-        &mut src,
-        &mut dst,
-        "reportingComponent",
-        "reportingController",
-    );
-    move_field(&mut src, &mut dst, "source", "deprecatedSource");
-    move_field(
-        &mut src,
-        &mut dst,
-        "firstTimestamp",
-        "deprecatedFirstTimestamp",
-    );
-    move_field(
-        &mut src,
-        &mut dst,
-        "lastTimestamp",
-        "deprecatedLastTimestamp",
-    );
-    move_field(&mut src, &mut dst, "count", "deprecatedCount");
-    dst.entry("eventTime").or_insert(Value::Null);
+    // Each API requires one field the other may lack.
+    if to_v1 {
+        dst.entry("eventTime").or_insert(Value::Null);
+    } else {
+        dst.entry("involvedObject").or_insert(json!({}));
+    }
     Value::Object(dst)
 }
 
+fn event_core_to_v1(obj: Value) -> Value {
+    convert_event(obj, true)
+}
+
 fn event_v1_to_core(obj: Value) -> Value {
-    let Value::Object(mut src) = obj else {
-        return obj;
-    };
-    let mut dst = Map::new();
-    for k in [
-        "apiVersion",
-        "kind",
-        "metadata",
-        "eventTime",
-        "series",
-        "action",
-        "reason",
-        "related",
-        "reportingInstance",
-        "type",
-    ] {
-        move_field(&mut src, &mut dst, k, k);
-    }
-    move_field(&mut src, &mut dst, "regarding", "involvedObject");
-    move_field(&mut src, &mut dst, "note", "message");
-    move_field(
-        &mut src,
-        &mut dst,
-        "reportingController",
-        "reportingComponent",
-    );
-    move_field(&mut src, &mut dst, "deprecatedSource", "source");
-    move_field(
-        &mut src,
-        &mut dst,
-        "deprecatedFirstTimestamp",
-        "firstTimestamp",
-    );
-    move_field(
-        &mut src,
-        &mut dst,
-        "deprecatedLastTimestamp",
-        "lastTimestamp",
-    );
-    move_field(&mut src, &mut dst, "deprecatedCount", "count");
-    dst.entry("involvedObject").or_insert(json!({}));
-    Value::Object(dst)
+    convert_event(obj, false)
 }
 
 #[cfg(test)]
