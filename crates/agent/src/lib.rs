@@ -13,6 +13,7 @@ pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod streaming;
 pub mod volumes;
 
 pub use node::{start_node, NodeConfig, NodeHandle};

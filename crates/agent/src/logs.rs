@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use kobune_apimachinery::ApiError;
-use kobune_apiserver::kubelet::{Kubelet, LogOptions};
+use kobune_apiserver::kubelet::{Kubelet, LogOptions, StreamKind};
 use kobune_cri::Cri;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -255,6 +255,20 @@ impl Kubelet for NodeLogs {
             let _ = follow_file(&path, used as u64, cid, cri, opts.timestamps, budget, tx).await;
         });
         Ok(rx)
+    }
+
+    async fn stream_url(&self, pod: &Value, kind: StreamKind) -> Result<String, ApiError> {
+        let container = match &kind {
+            StreamKind::Exec { container, .. } | StreamKind::Attach { container, .. } => {
+                let opts = LogOptions {
+                    container: container.clone(),
+                    ..Default::default()
+                };
+                Some(Self::pick_container(pod, &opts)?)
+            }
+            StreamKind::PortForward { .. } => None,
+        };
+        crate::streaming::stream_url(self, pod, container, kind).await
     }
 }
 

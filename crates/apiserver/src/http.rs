@@ -77,7 +77,7 @@ fn not_found_path() -> ApiError {
     )
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -526,11 +526,10 @@ async fn resource(
             let obj = reg.get(&info, ns, name).await?;
             Ok(json_response(200, &to_scale(&info, &obj)))
         }
-        (
-            &Method::GET,
-            Some(name),
-            Some(sub @ ("log" | "exec" | "attach" | "portforward" | "proxy")),
-        ) => {
+        (m, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward" | "proxy")))
+            if *m == Method::GET
+                || (*m == Method::POST && matches!(sub, "exec" | "attach" | "portforward")) =>
+        {
             let pod = reg.get(&info, ns, name).await?;
             let node = pod
                 .pointer("/spec/nodeName")
@@ -552,6 +551,11 @@ async fn resource(
                         .header(header::CONTENT_TYPE, "text/plain")
                         .body(BodyExt::boxed(StreamBody::new(stream)))
                         .expect("valid response"));
+                }
+            }
+            if matches!(sub, "exec" | "attach" | "portforward") {
+                if let Some(kubelet) = state.kubelets.get(node) {
+                    return crate::streaming::serve(kubelet, &pod, sub, req).await;
                 }
             }
             Err(ApiError::new(

@@ -22,12 +22,48 @@ pub struct LogOptions {
     pub limit_bytes: Option<i64>,
 }
 
+/// A streaming session the API server asks a node for (`pods/exec`,
+/// `pods/attach`, `pods/portforward`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamKind {
+    Exec {
+        command: Vec<String>,
+        container: Option<String>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    },
+    Attach {
+        container: Option<String>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    },
+    PortForward {
+        ports: Vec<i32>,
+    },
+}
+
 /// What a node agent serves to the API server.
 #[async_trait]
 pub trait Kubelet: Send + Sync {
     /// A container's log as text chunks; the stream ends when the log does
     /// (or, with `follow`, when the container stops or the client leaves).
     async fn logs(&self, pod: &Value, opts: LogOptions) -> Result<mpsc::Receiver<Bytes>, ApiError>;
+
+    /// A one-time URL (`http://host:port/...`) on the node's streaming
+    /// server that serves the session; the API server proxies the client's
+    /// upgraded connection to it untouched.
+    async fn stream_url(&self, pod: &Value, kind: StreamKind) -> Result<String, ApiError> {
+        let _ = (pod, kind);
+        Err(ApiError::new(
+            501,
+            "NotImplemented",
+            "streaming is not supported by this node",
+        ))
+    }
 }
 
 /// Agents by node name.

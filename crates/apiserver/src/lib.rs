@@ -17,6 +17,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod strategy;
+pub mod streaming;
 pub mod table;
 
 use anyhow::{Context, Result};

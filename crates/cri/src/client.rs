@@ -204,3 +204,95 @@ pub fn image_spec(image: &str) -> cri::ImageSpec {
         ..Default::default()
     }
 }
+
+impl Cri {
+    /// CRI `Exec`: a one-time URL on the runtime's streaming server that
+    /// runs `cmd` in the container once a client connects.
+    pub async fn exec_url(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> anyhow::Result<String> {
+        let req = cri::ExecRequest {
+            container_id: container_id.into(),
+            cmd: cmd.to_vec(),
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        };
+        let resp = self.runtime.clone().exec(req).await.context("CRI Exec")?;
+        Ok(resp.into_inner().url)
+    }
+
+    /// CRI `Attach`: a one-time URL attaching to the container's streams.
+    pub async fn attach_url(
+        &self,
+        container_id: &str,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> anyhow::Result<String> {
+        let req = cri::AttachRequest {
+            container_id: container_id.into(),
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        };
+        let resp = self
+            .runtime
+            .clone()
+            .attach(req)
+            .await
+            .context("CRI Attach")?;
+        Ok(resp.into_inner().url)
+    }
+
+    /// CRI `PortForward`: a one-time URL forwarding to `ports` in the
+    /// sandbox's network namespace.
+    pub async fn port_forward_url(
+        &self,
+        sandbox_id: &str,
+        ports: &[i32],
+    ) -> anyhow::Result<String> {
+        let req = cri::PortForwardRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            port: ports.to_vec(),
+        };
+        let resp = self
+            .runtime
+            .clone()
+            .port_forward(req)
+            .await
+            .context("CRI PortForward")?;
+        Ok(resp.into_inner().url)
+    }
+
+    /// The ready sandbox of the pod with this uid, if any.
+    pub async fn ready_sandbox_for_pod(&self, uid: &str) -> anyhow::Result<Option<String>> {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("io.kubernetes.pod.uid".to_string(), uid.to_string());
+        let req = cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
+                label_selector: labels,
+                ..Default::default()
+            }),
+        };
+        let resp = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(req)
+            .await
+            .context("CRI ListPodSandbox")?;
+        Ok(resp.into_inner().items.into_iter().next().map(|s| s.id))
+    }
+}

@@ -1,0 +1,193 @@
+"""exec, attach and port-forward on a real node: `kobune server` with its
+node agent proxies the upgraded connection to containerd's CRI streaming
+server. Driven with kubectl 1.32 and 1.37 (WebSocket first, SPDY/3.1
+fallback) and the Python client's WebSocket `stream`. Needs root and
+containerd; skipped when containerd is not installed (a failure when CI=1)."""
+
+import os
+import pty
+import re
+import select
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import KOBUNE, KUBECTLS, Server
+
+if shutil.which("containerd") is None:
+    if os.environ.get("CI") == "1":
+        raise RuntimeError("containerd is required for tests/test_streaming.py when CI=1")
+    pytest.skip("containerd is not installed", allow_module_level=True)
+
+NODE = "kobune-node"
+NS = "stream"
+IMAGE = "kobune.local/busybox:1"
+
+
+class AgentServer(Server):
+    """A Server whose node agent runs (conftest's always passes --disable-agent)."""
+
+    def start(self):
+        self.log = open(self.data_dir / "server.log", "ab")
+        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+                "--https-listen-port", str(self.port)]
+        args += self.extra_args
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kobune exited:\n" + (self.data_dir / "server.log").read_text())
+            if self.kubeconfig.exists():
+                r = self.kubectl("get", "node", NODE, "-o", "name", check=False)
+                if r.returncode == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("kobune (with its node agent) did not start:\n"
+                           + (self.data_dir / "server.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def node():
+    s = AgentServer(extra_args=["--node-name", NODE])
+    s.kubectl("create", "namespace", NS)
+    s.kubectl("run", "web", "-n", NS, f"--image={IMAGE}", "--image-pull-policy=Never",
+              "--", "httpd", "-f", "-p", "8080", "-h", "/etc")
+    s.kubectl("run", "counter", "-n", NS, f"--image={IMAGE}", "--image-pull-policy=Never",
+              "--", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done")
+    s.kubectl("wait", "--for=condition=Ready", "pod/web", "pod/counter", "-n", NS, "--timeout=30s")
+    yield s
+    s.stop()
+    shutil.rmtree(s.data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_exec_prints_output(node, version):
+    r = node.kubectl("exec", "web", "-n", NS, "--", "echo", "hi", binary=KUBECTLS[version])
+    assert r.stdout == "hi\n", r.stderr
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_exec_exit_code_and_stderr(node, version):
+    r = node.kubectl("exec", "web", "-n", NS, "--", "sh", "-c", "echo oops >&2; exit 3",
+                     binary=KUBECTLS[version], check=False)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "oops" in r.stderr
+    assert "command terminated with exit code 3" in r.stderr
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_exec_stdin(node, version):
+    r = node.kubectl("exec", "-i", "web", "-n", NS, "--", "cat", binary=KUBECTLS[version],
+                     input="line one\nline two\n")
+    assert r.stdout == "line one\nline two\n", r.stderr
+
+
+def test_exec_falls_back_from_websocket_to_spdy(node):
+    # containerd's streaming server does not speak v5.channel.k8s.io over
+    # WebSocket; kubectl must then retry with SPDY/3.1 and still succeed.
+    for binary in KUBECTLS.values():
+        r = node.kubectl("exec", "web", "-n", NS, "-v=7", "--", "echo", "fallback", binary=binary)
+        assert r.stdout == "fallback\n"
+        assert "v5.channel.k8s.io" in r.stderr
+        assert "RemoteCommand fallback" in r.stderr
+        assert re.search(r"101 Switching Protocols", r.stderr), r.stderr
+
+
+def test_exec_without_upgrade_is_rejected(node):
+    r = node.kubectl("get", "--raw", f"/api/v1/namespaces/{NS}/pods/web/exec?command=ls&stdout=true",
+                     check=False)
+    assert r.returncode != 0
+    assert "Upgrade request required" in r.stderr
+
+
+def run_in_pty(args, timeout=30):
+    master, slave = pty.openpty()
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r, _, _ = select.select([master], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif p.poll() is not None:
+            break
+    p.wait(timeout=10)
+    os.close(master)
+    return p.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_exec_tty(node, version):
+    code, out = run_in_pty([KUBECTLS[version], "--kubeconfig", str(node.kubeconfig),
+                            "exec", "-it", "web", "-n", NS, "--", "sh", "-c",
+                            "ls -l /proc/self/fd/0; test -t 0 && echo is-a-tty"])
+    assert code == 0, out
+    assert re.search(r"/dev/pts/\d+", out), out
+    assert "is-a-tty" in out, out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_port_forward(node, version):
+    port = free_port()
+    p = subprocess.Popen([KUBECTLS[version], "--kubeconfig", str(node.kubeconfig), "port-forward",
+                          "-n", NS, "pod/web", f"{port}:8080"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert "Forwarding from 127.0.0.1" in line, (line, p.stderr.read() if p.poll() is not None else "")
+        for _ in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=10) as r:
+                assert r.status == 200
+                assert b"root:" in r.read()
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_attach_shows_output(node, version):
+    p = subprocess.Popen([KUBECTLS[version], "--kubeconfig", str(node.kubeconfig), "attach",
+                          "-n", NS, "counter"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        deadline = time.time() + 20
+        while time.time() < deadline and len(seen) < 2:
+            r, _, _ = select.select([p.stdout], [], [], 0.5)
+            if r:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("tick "):
+                    seen.append(line)
+        assert len(seen) >= 2, (seen, p.stderr.read() if p.poll() is not None else "")
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_python_client_websocket_exec(node):
+    import kubernetes
+    from kubernetes.stream import stream
+
+    core = kubernetes.client.CoreV1Api(node.client())
+    out = stream(core.connect_get_namespaced_pod_exec, "web", NS, command=["echo", "ws"],
+                 stderr=True, stdin=False, stdout=True, tty=False)
+    assert out == "ws\n"
