@@ -8,6 +8,8 @@
 //!   then finalizing it).
 //! - [`replicaset`]: ReplicaSets keep their pods.
 //! - [`deployment`]: Deployments roll out ReplicaSets.
+//! - [`job`], [`cronjob`]: Jobs run pods to completion; CronJobs create Jobs.
+//! - [`daemonset`]: DaemonSets run a pod per eligible node.
 //!
 //! The shared plumbing lives in [`runtime`] (and [`workload`] for the
 //! workload controllers).
@@ -15,8 +17,11 @@
 // ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod runtime;
@@ -34,6 +39,9 @@ const GC_WORKERS: usize = 4;
 const NAMESPACE_WORKERS: usize = 2;
 const REPLICASET_WORKERS: usize = 5;
 const DEPLOYMENT_WORKERS: usize = 5;
+const JOB_WORKERS: usize = 5;
+const CRONJOB_WORKERS: usize = 5;
+const DAEMONSET_WORKERS: usize = 2;
 
 /// Starts every controller on the current runtime and returns once their
 /// informers have synced; they run until the process ends.
@@ -108,6 +116,25 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
         },
         DEPLOYMENT_WORKERS,
     ));
+    macro_rules! start_workload {
+        ($module:ident, $name:literal, $workers:expr) => {{
+            let ctl = $module::Controller::new(registry.clone(), opts.clone())?;
+            ctl.start_informers()?;
+            let c = ctl.clone();
+            tokio::spawn(run_controller(
+                $name,
+                ctl.queue.clone(),
+                move |key: String| {
+                    let c = c.clone();
+                    async move { c.sync(&key).await }
+                },
+                $workers,
+            ));
+        }};
+    }
+    start_workload!(job, "job", JOB_WORKERS);
+    start_workload!(cronjob, "cronjob", CRONJOB_WORKERS);
+    start_workload!(daemonset, "daemonset", DAEMONSET_WORKERS);
     tracing::info!("controllers started");
     Ok(())
 }
