@@ -10,6 +10,8 @@
 //! - [`deployment`]: Deployments roll out ReplicaSets.
 //! - [`job`], [`cronjob`]: Jobs run pods to completion; CronJobs create Jobs.
 //! - [`daemonset`]: DaemonSets run a pod per eligible node.
+//! - [`node_lifecycle`]: nodes not heard from go Unknown and tainted;
+//!   taint-based eviction; pods of deleted nodes are collected.
 //!
 //! The shared plumbing lives in [`runtime`] (and [`workload`] for the
 //! workload controllers).
@@ -23,6 +25,7 @@ pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod workload;
@@ -135,6 +138,13 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     start_workload!(job, "job", JOB_WORKERS);
     start_workload!(cronjob, "cronjob", CRONJOB_WORKERS);
     start_workload!(daemonset, "daemonset", DAEMONSET_WORKERS);
+    let nl = node_lifecycle::Controller::new(
+        registry.clone(),
+        opts.clone(),
+        node_lifecycle::grace_period(),
+    )?;
+    nl.start_informers()?;
+    tokio::spawn(nl.run());
     tracing::info!("controllers started");
     Ok(())
 }
