@@ -158,25 +158,22 @@ def test_custom_resources(server, kubectl_bin):
 def test_rollout_history_and_undo(server, kubectl_bin):
     ns = new_ns(server, kubectl_bin)
     server.kubectl("apply", "-n", ns, "-f", "-", input=DEPLOY, binary=kubectl_bin)
-    d = server.json("get", "deploy", "web", "-n", ns, binary=kubectl_bin)
-    uid = d["metadata"]["uid"]
-    template = d["spec"]["template"]
-    # ReplicaSets as the deployment controller records revisions.
-    for rev, image, cause in [(1, "example.com/web:v1", "first"), (2, "example.com/web:v2", "second")]:
-        t = json.loads(json.dumps(template))
-        t["metadata"]["labels"]["pod-template-hash"] = f"h{rev}"
-        t["spec"]["containers"][0]["image"] = image
-        rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {
-            "name": f"web-h{rev}", "labels": {"app": "web", "pod-template-hash": f"h{rev}"},
-            "annotations": {"deployment.kubernetes.io/revision": str(rev), "kubernetes.io/change-cause": cause},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid, "controller": True, "blockOwnerDeletion": True}]},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web", "pod-template-hash": f"h{rev}"}}, "template": t}}
-        server.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(rs), binary=kubectl_bin)
+    server.kubectl("annotate", "deploy", "web", "-n", ns, "kubernetes.io/change-cause=first", binary=kubectl_bin)
+    server.kubectl("set", "image", "deployment/web", "web=example.com/web:v2", "-n", ns, binary=kubectl_bin)
+    server.kubectl("annotate", "deploy", "web", "-n", ns, "--overwrite", "kubernetes.io/change-cause=second", binary=kubectl_bin)
+
+    def revisions():
+        rss = server.json("get", "rs", "-n", ns, binary=kubectl_bin)["items"]
+        return {rs["metadata"]["annotations"].get("deployment.kubernetes.io/revision"): rs for rs in rss}
+
+    deadline = time.time() + 20
+    while time.time() < deadline and not {"1", "2"} <= set(revisions()):
+        time.sleep(0.2)
+    assert {"1", "2"} <= set(revisions()), revisions().keys()
     hist = server.kubectl("rollout", "history", "deployment/web", "-n", ns, binary=kubectl_bin).stdout
-    assert "REVISION" in hist and "first" in hist and "second" in hist
+    assert "REVISION" in hist and "1 " in hist and "2 " in hist
     detail = server.kubectl("rollout", "history", "deployment/web", "-n", ns, "--revision=1", binary=kubectl_bin).stdout
     assert "example.com/web:v1" in detail
-    server.kubectl("set", "image", "deployment/web", "web=example.com/web:v2", "-n", ns, binary=kubectl_bin)
     out = server.kubectl("rollout", "undo", "deployment/web", "-n", ns, "--to-revision=1", binary=kubectl_bin).stdout
     assert "rolled back" in out
     img = server.json("get", "deploy", "web", "-n", ns, binary=kubectl_bin)["spec"]["template"]["spec"]["containers"][0]["image"]
