@@ -328,19 +328,9 @@ pub struct Controller {
     pub queue: WorkQueue,
 }
 
-fn ns_key(o: &Value) -> String {
-    format!("{}/{}", namespace(o), name(o))
-}
-
+/// The key of a pod's (or job's) owning CronJob.
 fn owner_key(o: &Value) -> Option<String> {
-    let r = controller_ref(o)?;
-    (r.get("kind").and_then(Value::as_str) == Some("CronJob")).then(|| {
-        format!(
-            "{}/{}",
-            namespace(o),
-            r.get("name").and_then(Value::as_str).unwrap_or_default()
-        )
-    })
+    controller_key(o, "CronJob")
 }
 
 impl Controller {

@@ -477,19 +477,9 @@ pub struct Controller {
     pub expectations: Expectations,
 }
 
-fn ns_key(o: &Value) -> String {
-    format!("{}/{}", namespace(o), name(o))
-}
-
+/// The key of a pod's (or job's) owning DaemonSet.
 fn owner_key(o: &Value) -> Option<String> {
-    let r = controller_ref(o)?;
-    (r.get("kind").and_then(Value::as_str) == Some("DaemonSet")).then(|| {
-        format!(
-            "{}/{}",
-            namespace(o),
-            r.get("name").and_then(Value::as_str).unwrap_or_default()
-        )
-    })
+    controller_key(o, "DaemonSet")
 }
 
 impl Controller {
@@ -566,13 +556,7 @@ impl Controller {
         let Some(owner) = owner_key(&ev.object) else {
             return;
         };
-        let pod_key = ns_key(&ev.object);
-        match ev.kind {
-            EventType::Added => self.expectations.lower_adds(&owner, 1),
-            EventType::Deleted => self.expectations.deletion_observed(&owner, &pod_key),
-            _ if deleting(&ev.object) => self.expectations.deletion_observed(&owner, &pod_key),
-            _ => {}
-        }
+        self.expectations.observe_pod(&owner, ev);
         self.queue.add(owner);
     }
 

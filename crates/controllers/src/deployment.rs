@@ -618,10 +618,6 @@ pub struct Controller {
     pub queue: WorkQueue,
 }
 
-fn ns_key(o: &Value) -> String {
-    format!("{}/{}", namespace(o), name(o))
-}
-
 fn owner_of_kind(o: &Value, kind: &str) -> Option<String> {
     let r = controller_ref(o)?;
     (r.get("kind").and_then(Value::as_str) == Some(kind)).then(|| {

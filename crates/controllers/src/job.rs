@@ -495,10 +495,6 @@ pub struct Controller {
     pub expectations: Expectations,
 }
 
-fn ns_key(o: &Value) -> String {
-    format!("{}/{}", namespace(o), name(o))
-}
-
 fn owner_key(pod: &Value) -> Option<String> {
     let r = controller_ref(pod)?;
     (r.get("kind").and_then(Value::as_str) == Some("Job")
@@ -553,13 +549,7 @@ impl Controller {
         let Some(owner) = owner_key(&ev.object) else {
             return;
         };
-        let pod_key = ns_key(&ev.object);
-        match ev.kind {
-            EventType::Added => self.expectations.lower_adds(&owner, 1),
-            EventType::Deleted => self.expectations.deletion_observed(&owner, &pod_key),
-            _ if deleting(&ev.object) => self.expectations.deletion_observed(&owner, &pod_key),
-            _ => {}
-        }
+        self.expectations.observe_pod(&owner, ev);
         self.queue.add(owner);
     }
 

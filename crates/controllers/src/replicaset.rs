@@ -76,6 +76,18 @@ impl Expectations {
     pub fn forget(&self, key: &str) {
         self.lock().remove(key);
     }
+
+    /// Records what a pod event tells the controller `owner` about its own
+    /// creates and deletes (a pod may already be deleting when first seen).
+    pub fn observe_pod(&self, owner: &str, ev: &CacheEvent) {
+        let pod_key = ns_key(&ev.object);
+        if ev.kind == EventType::Added {
+            self.lower_adds(owner, 1);
+        }
+        if ev.kind == EventType::Deleted || deleting(&ev.object) {
+            self.deletion_observed(owner, &pod_key);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -271,19 +283,9 @@ pub struct Controller {
     pub expectations: Expectations,
 }
 
-fn ns_key(o: &Value) -> String {
-    format!("{}/{}", namespace(o), name(o))
-}
-
-fn owner_key(pod: &Value) -> Option<String> {
-    let r = controller_ref(pod)?;
-    (r.get("kind").and_then(Value::as_str) == Some("ReplicaSet")).then(|| {
-        format!(
-            "{}/{}",
-            namespace(pod),
-            r.get("name").and_then(Value::as_str).unwrap_or_default()
-        )
-    })
+/// The key of a pod's (or job's) owning ReplicaSet.
+fn owner_key(o: &Value) -> Option<String> {
+    controller_key(o, "ReplicaSet")
 }
 
 impl Controller {
@@ -328,18 +330,8 @@ impl Controller {
 
     fn on_pod_event(&self, ev: &CacheEvent) {
         let pod = &ev.object;
-        let pod_key = ns_key(pod);
         if let Some(owner) = owner_key(pod) {
-            match ev.kind {
-                EventType::Added => self.expectations.lower_adds(&owner, 1),
-                _ if ev.kind == EventType::Deleted || deleting(pod) => {
-                    self.expectations.deletion_observed(&owner, &pod_key)
-                }
-                _ => {}
-            }
-            if ev.kind == EventType::Added && deleting(pod) {
-                self.expectations.deletion_observed(&owner, &pod_key);
-            }
+            self.expectations.observe_pod(&owner, ev);
             self.queue.add(owner);
         } else if ev.kind != EventType::Deleted {
             // An orphan: whoever matches may adopt it.

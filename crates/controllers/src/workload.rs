@@ -252,6 +252,23 @@ pub fn conditions(o: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// `namespace/name` of an object: the work-queue key of namespaced controllers.
+pub fn ns_key(o: &Value) -> String {
+    format!("{}/{}", namespace(o), name(o))
+}
+
+/// The queue key of an object's controller, if that controller is a `kind`.
+pub fn controller_key(o: &Value, kind: &str) -> Option<String> {
+    let r = controller_ref(o)?;
+    (r.get("kind").and_then(Value::as_str) == Some(kind)).then(|| {
+        format!(
+            "{}/{}",
+            namespace(o),
+            r.get("name").and_then(Value::as_str).unwrap_or_default()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
