@@ -83,6 +83,9 @@ class Server:
                 "--https-listen-port", str(self.port), "--disable-agent"]
         if self.datastore:
             args += ["--datastore-endpoint", self.datastore]
+        if not any(a.startswith("--ingress-") or a == "--disable-ingress" for a in self.extra_args):
+            # The Ingress controller runs, but test servers leave host ports 80/443 alone.
+            args += ["--ingress-http-port", "0", "--ingress-https-port", "0"]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         deadline = time.time() + 20
@@ -168,3 +171,64 @@ def server(request):
 @pytest.fixture(params=sorted(KUBECTLS))
 def kubectl_bin(request):
     return KUBECTLS[request.param]
+
+
+# The node name the agent-running servers register (tests/test_containerd.py and the files after it).
+NODE = "kobune-node"
+
+
+class AgentServer(Server):
+    """A Server whose node agent runs (Server always passes --disable-agent); started once `node` is
+    registered. `env` adds to the server's environment; `start_timeout`/`poll` pace the wait."""
+
+    def __init__(self, *args, node=NODE, env=None, start_timeout=30, poll=0.1, **kw):
+        self.node = node
+        self.env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.poll = poll
+        super().__init__(*args, **kw)
+
+    def start(self):
+        self.log = open(self.data_dir / "server.log", "ab")
+        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+                "--https-listen-port", str(self.port)]
+        if self.datastore:
+            args += ["--datastore-endpoint", self.datastore]
+        args += self.extra_args
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, env={**os.environ, **self.env})
+        deadline = time.time() + self.start_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kobune exited:\n" + (self.data_dir / "server.log").read_text())
+            if self.kubeconfig.exists():
+                r = self.kubectl("get", "node", self.node, "-o", "name", check=False)
+                if r.returncode == 0:
+                    return
+            time.sleep(self.poll)
+        raise RuntimeError("kobune (with its node agent) did not start:\n"
+                           + (self.data_dir / "server.log").read_text())
+
+
+def wait_for(fn, timeout=15, what="condition", interval=0.2, retry_on=()):
+    """Calls fn until it returns something truthy and returns that; exceptions of the `retry_on` types
+    count as not yet. After `timeout` seconds, fails naming `what` and the last result."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+        except retry_on as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met in time (last: {last!r})")
+
+
+def require_containerd(test_file):
+    """Skips the calling test module when containerd is not installed (a failure when CI=1)."""
+    if shutil.which("containerd") is None:
+        if os.environ.get("CI") == "1":
+            raise RuntimeError(f"containerd is required for {test_file} when CI=1")
+        pytest.skip("containerd is not installed", allow_module_level=True)

@@ -3,52 +3,15 @@
 containerd; skipped when containerd is not installed (a failure when CI=1)."""
 
 import json
-import os
 import shutil
-import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from conftest import KOBUNE, Server
+from conftest import NODE, AgentServer, require_containerd, wait_for  # noqa: F401  (re-exported to the other node tests)
 
-
-def have_containerd():
-    return shutil.which("containerd") is not None
-
-
-if not have_containerd():
-    if os.environ.get("CI") == "1":
-        raise RuntimeError("containerd is required for tests/test_containerd.py when CI=1")
-    pytest.skip("containerd is not installed", allow_module_level=True)
-
-NODE = "kobune-node"
-
-
-class AgentServer(Server):
-    """A Server whose node agent runs (conftest's always passes --disable-agent)."""
-
-    def start(self):
-        self.log = open(self.data_dir / "server.log", "ab")
-        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
-                "--https-listen-port", str(self.port)]
-        if self.datastore:
-            args += ["--datastore-endpoint", self.datastore]
-        args += self.extra_args
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kobune exited:\n" + (self.data_dir / "server.log").read_text())
-            if self.kubeconfig.exists():
-                r = self.kubectl("get", "node", NODE, "-o", "name", check=False)
-                if r.returncode == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("kobune (with its node agent) did not start:\n"
-                           + (self.data_dir / "server.log").read_text())
-
+require_containerd("tests/test_containerd.py")
 
 @pytest.fixture(scope="module")
 def node():
@@ -56,17 +19,6 @@ def node():
     yield s
     s.stop()
     shutil.rmtree(s.data_dir, ignore_errors=True)
-
-
-def wait_for(fn, timeout=15, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not met in time (last: {last!r})")
 
 
 def new_ns(s, name):

@@ -191,3 +191,27 @@ def test_event_api_versions(server, kubectl_bin):
     assert core["message"] == "hello" and core["involvedObject"]["name"] == "x"
     new = server.json("get", "events.v1.events.k8s.io", "e1", "-n", ns, binary=kubectl_bin)
     assert new["note"] == "hello" and new["regarding"]["kind"] == "ConfigMap"
+
+
+def test_empty_maps_are_omitted_like_typed_objects(server, kubectl_bin):
+    """Built-in objects round-trip through Go structs upstream, where empty
+    maps are omitted: a patch or apply leaving `{}` must not store it, or
+    `kubectl diff` shows spurious changes."""
+    k = lambda *a, **kw: server.kubectl(*a, binary=kubectl_bin, **kw)
+    ns = "e-" + uuid.uuid4().hex[:8]
+    k("create", "namespace", ns)
+    k("patch", "ns", ns, "--type=strategic", "-p", '{"metadata":{"annotations":{}}}')
+    assert "annotations" not in server.json("get", "ns", ns)["metadata"]
+    k("create", "configmap", "cm", "-n", ns, "--from-literal=a=b")
+    k("patch", "configmap", "cm", "-n", ns, "--type=merge", "-p", '{"data":{"a":null},"metadata":{"labels":{}}}')
+    cm = server.json("get", "configmap", "cm", "-n", ns)
+    assert "data" not in cm and "labels" not in cm["metadata"], cm
+    # An emptyDir is a struct, not a map: it stays.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": ns},
+           "spec": {"containers": [{"name": "c", "image": "x"}], "volumes": [{"name": "v", "emptyDir": {}}]}}
+    k("create", "-f", "-", input=json.dumps(pod))
+    assert server.json("get", "pod", "p", "-n", ns)["spec"]["volumes"][0]["emptyDir"] == {}
+    # A namespace that was never applied diffs clean.
+    r = k("diff", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+          check=False)
+    assert r.returncode == 0 and r.stdout == "", r.stdout

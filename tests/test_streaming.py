@@ -16,38 +16,12 @@ import urllib.request
 
 import pytest
 
-from conftest import KOBUNE, KUBECTLS, Server
+from conftest import KUBECTLS, NODE, AgentServer, require_containerd
 
-if shutil.which("containerd") is None:
-    if os.environ.get("CI") == "1":
-        raise RuntimeError("containerd is required for tests/test_streaming.py when CI=1")
-    pytest.skip("containerd is not installed", allow_module_level=True)
+require_containerd("tests/test_streaming.py")
 
-NODE = "kobune-node"
 NS = "stream"
 IMAGE = "kobune.local/busybox:1"
-
-
-class AgentServer(Server):
-    """A Server whose node agent runs (conftest's always passes --disable-agent)."""
-
-    def start(self):
-        self.log = open(self.data_dir / "server.log", "ab")
-        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
-                "--https-listen-port", str(self.port)]
-        args += self.extra_args
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kobune exited:\n" + (self.data_dir / "server.log").read_text())
-            if self.kubeconfig.exists():
-                r = self.kubectl("get", "node", NODE, "-o", "name", check=False)
-                if r.returncode == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("kobune (with its node agent) did not start:\n"
-                           + (self.data_dir / "server.log").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_create_scale_update_undo_heal_delete(cluster):
     ref = ps[0]["metadata"]["ownerReferences"][0]
     assert ref["kind"] == "ReplicaSet" and ref["controller"] and ref["blockOwnerDeletion"]
     events = cluster.kubectl("get", "events", "-n", ns).stdout
-    assert f"Scaled up replica set web-{h} to 3" in events and "Created pod: web-" in events
+    assert f"Scaled up replica set web-{h} from 0 to 3" in events and "Created pod: web-" in events
 
     # Scale up.
     cluster.kubectl("scale", "deployment/web", "--replicas=10", "-n", ns)

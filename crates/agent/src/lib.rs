@@ -5,27 +5,36 @@
 //! to one is reported Running and Ready at once with an IP from the node's
 //! pod CIDR, and deleted as soon as it is marked for deletion (as a kubelet
 //! does once the containers have stopped). Nothing is actually run.
+//! The simulated nodes reach the API through [`NodeApi`]: in `kobune
+//! server` straight on the registry ([`api::LocalApi`]), in `kobune agent`
+//! over HTTPS to a remote server ([`remote`], [`client`]).
 
 // ApiError mirrors the wire Status; errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
+pub mod client;
+pub mod dns;
 pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod remote;
+pub mod stats;
 pub mod streaming;
 pub mod volumes;
 
 pub use node::{start_node, NodeConfig, NodeHandle};
 
+pub use api::{NodeApi, PodCache};
+
 use kobune_apimachinery::ResourceInfo;
-use kobune_apiserver::cache::{CacheEvent, EventType};
-use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, WriteOptions};
+use kobune_apiserver::registry::{now_rfc3339, WriteOptions};
 use kobune_apiserver::Registry;
-use kobune_controllers::runtime::{run_controller, Informer, WorkQueue};
+use kobune_controllers::runtime::{run_controller, WorkQueue};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub const FIELD_MANAGER: &str = "kobune-agent";
@@ -61,13 +70,11 @@ impl SimNode {
 }
 
 struct Agent {
-    registry: Arc<Registry>,
-    pods: Arc<ResourceInfo>,
+    api: Arc<dyn NodeApi>,
     nodes: Mutex<HashMap<String, SimNode>>,
     /// pod key -> (node, uid), to release IPs when pods go.
     placed: Mutex<HashMap<String, (String, String)>>,
-    informer: Arc<Informer>,
-    opts: WriteOptions,
+    pods: OnceLock<Arc<dyn PodCache>>,
 }
 
 fn node_index(i: usize) -> (String, String, String) {
@@ -76,6 +83,42 @@ fn node_index(i: usize) -> (String, String, String) {
     let cidr_base = format!("10.{}.{}", 42 + i / 256, i % 256);
     let cidr = format!("{cidr_base}.0/24");
     (host_ip, cidr_base, cidr)
+}
+
+/// The index [`node_index`] gives `cidr` (`10.A.B.0/24` with A >= 42).
+fn cidr_index(cidr: &str) -> Option<usize> {
+    let mut o = cidr.strip_suffix(".0/24")?.split('.');
+    let (ten, a, b) = (o.next()?, o.next()?.parse::<usize>().ok()?, o.next()?);
+    let b = b.parse::<usize>().ok().filter(|b| *b < 256)?;
+    (ten == "10" && a >= 42 && o.next().is_none()).then(|| (a - 42) * 256 + b)
+}
+
+/// Which node index each of `names` gets: an existing node keeps the one
+/// its podCIDR shows; new nodes take the lowest index no node's podCIDR uses.
+fn assign_indices(names: &[String], existing: &[Value]) -> Vec<usize> {
+    let cidr_of = |n: &Value| {
+        n.pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .and_then(cidr_index)
+    };
+    let mut used: std::collections::HashSet<usize> = existing.iter().filter_map(cidr_of).collect();
+    let mut next = 0;
+    names
+        .iter()
+        .map(|name| {
+            let mine = existing
+                .iter()
+                .find(|n| n["metadata"]["name"] == name.as_str())
+                .and_then(cidr_of);
+            mine.unwrap_or_else(|| {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                used.insert(next);
+                next
+            })
+        })
+        .collect()
 }
 
 /// The Node object of simulated node `i`.
@@ -170,33 +213,28 @@ pub async fn start_simulated(
     count: usize,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    let opts = WriteOptions {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    ensure_namespace(&registry, LEASE_NAMESPACE, &opts).await?;
-    let nodes_info = find(&registry, "", "v1", "nodes")?;
-    let leases_info = find(&registry, "coordination.k8s.io", "v1", "leases")?;
+    let api = Arc::new(api::LocalApi::new(registry)?);
+    start_simulated_with(api, count, prefix).await?;
+    Ok(())
+}
+
+/// As [`start_simulated`], through any [`NodeApi`] (the in-process
+/// registry, or a remote API server for `kobune agent`). Returns the names
+/// of the nodes once they are registered.
+pub async fn start_simulated_with<A: NodeApi>(
+    api: Arc<A>,
+    count: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    api.ensure_namespace(LEASE_NAMESPACE).await?;
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let existing = api.list_nodes().await?;
+    let indices = assign_indices(&names, &existing);
     let mut sims = HashMap::new();
-    let mut names = vec![];
-    for i in 0..count {
-        let name = format!("{prefix}-{i}");
+    let mut leases = vec![];
+    for (name, &i) in names.iter().zip(&indices) {
         let (host_ip, cidr_base, _) = node_index(i);
-        let uid = match registry.get_cached(&nodes_info, None, &name) {
-            Ok(existing) => existing["metadata"]["uid"].clone(),
-            Err(_) => match registry
-                .create(&nodes_info, None, node_object(&name, i), &opts)
-                .await
-            {
-                Ok(r) => r.object["metadata"]["uid"].clone(),
-                Err(e) if e.code == 409 => registry
-                    .get(&nodes_info, None, &name)
-                    .await
-                    .map(|n| n["metadata"]["uid"].clone())
-                    .unwrap_or(Value::Null),
-                Err(e) => return Err(anyhow::anyhow!("registering node {name}: {e}")),
-            },
-        };
+        let uid = api.register_node(node_object(name, i)).await?;
         let lease = json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -207,13 +245,8 @@ pub async fn start_simulated(
             },
             "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": micro_now()}
         });
-        match registry
-            .create(&leases_info, Some(LEASE_NAMESPACE), lease, &opts)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.code == 409 => {}
-            Err(e) => tracing::warn!(node = %name, "creating lease failed: {e}"),
+        if let Err(e) = api.create_lease(lease.clone()).await {
+            tracing::warn!(node = %name, "creating lease failed: {e:#}");
         }
         sims.insert(
             name.clone(),
@@ -223,42 +256,25 @@ pub async fn start_simulated(
                 ips: HashMap::new(),
             },
         );
-        names.push(name);
+        leases.push(lease);
     }
 
     // Leases: renewed in small concurrent batches.
-    let reg = registry.clone();
-    let o = opts.clone();
+    let renewer = api.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let renew = json!({"spec": {"renewTime": micro_now()}});
-            for chunk in names.chunks(16) {
+            let now = micro_now();
+            for chunk in leases.chunks(16) {
                 let mut set = tokio::task::JoinSet::new();
-                for name in chunk {
-                    let (reg, o, info, renew, name) = (
-                        reg.clone(),
-                        o.clone(),
-                        leases_info.clone(),
-                        renew.clone(),
-                        name.clone(),
-                    );
+                for lease in chunk {
+                    let (api, mut lease) = (renewer.clone(), lease.clone());
+                    lease["spec"]["renewTime"] = json!(now);
                     set.spawn(async move {
-                        if let Err(e) = reg
-                            .patch(
-                                &info,
-                                Some(LEASE_NAMESPACE),
-                                &name,
-                                PatchKind::Merge,
-                                &renew,
-                                &o,
-                                None,
-                            )
-                            .await
-                        {
-                            tracing::debug!(node = %name, "renewing lease failed: {e}");
+                        if let Err(e) = api.renew_lease(&lease).await {
+                            tracing::debug!(node = %lease["metadata"]["name"], "renewing lease failed: {e:#}");
                         }
                     });
                 }
@@ -268,26 +284,19 @@ pub async fn start_simulated(
     });
 
     // Pods bound to our nodes.
-    let informer = Arc::new(
-        Informer::new("/registry/core/pods/").with_index("nodeName", |p| {
-            p.pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(|s| vec![s.to_string()])
-                .unwrap_or_default()
-        }),
-    );
+    let ours: Arc<std::collections::HashSet<String>> = Arc::new(names.iter().cloned().collect());
     let agent = Arc::new(Agent {
-        pods: find(&registry, "", "v1", "pods")?,
-        registry: registry.clone(),
+        api: api.clone(),
         nodes: Mutex::new(sims),
         placed: Mutex::default(),
-        informer: informer.clone(),
-        opts,
+        pods: OnceLock::new(),
     });
     let queue = WorkQueue::default();
     let (a, q) = (agent.clone(), queue.clone());
-    informer.start(&registry.cache, move |_, ev| a.on_event(ev, &q))?;
+    let handler: api::PodHandler =
+        Arc::new(move |key: &str, pod: &Value, gone: bool| a.on_event(key, pod, gone, &q));
+    let cache = api.clone().watch_pods(ours, handler).await?;
+    let _ = agent.pods.set(cache);
     let a = agent.clone();
     tokio::spawn(run_controller(
         "simulated-kubelet",
@@ -299,7 +308,7 @@ pub async fn start_simulated(
         WORKERS,
     ));
     tracing::info!(count, prefix, "simulated nodes started");
-    Ok(())
+    Ok(names)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -313,11 +322,10 @@ impl Agent {
             .is_some_and(|n| lock(&self.nodes).contains_key(n))
     }
 
-    fn on_event(&self, ev: &CacheEvent, q: &WorkQueue) {
-        let relevant = self.ours(&ev.object)
-            || (ev.kind == EventType::Deleted && lock(&self.placed).contains_key(&ev.key));
+    fn on_event(&self, key: &str, pod: &Value, gone: bool, q: &WorkQueue) {
+        let relevant = self.ours(pod) || (gone && lock(&self.placed).contains_key(key));
         if relevant {
-            q.add(ev.key.clone());
+            q.add(key.to_string());
         }
     }
 
@@ -330,7 +338,7 @@ impl Agent {
     }
 
     async fn sync(&self, key: &str) -> anyhow::Result<Option<Duration>> {
-        let Some(pod) = self.informer.get(key) else {
+        let Some(pod) = self.pods.get().and_then(|c| c.get(key)) else {
             self.release(key);
             return Ok(None);
         };
@@ -345,20 +353,7 @@ impl Agent {
             .unwrap_or_default()
             .to_string();
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            let del = DeleteOptions {
-                grace_period_seconds: Some(0),
-                precondition_uid: Some(uid),
-                ..Default::default()
-            };
-            match self
-                .registry
-                .delete(&self.pods, Some(&ns), &name, &del)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(anyhow::anyhow!("deleting {key}: {e}")),
-            }
+            self.api.delete_pod_now(&ns, &name, &uid).await?;
             return Ok(None);
         }
         let phase = pod
@@ -403,18 +398,7 @@ impl Agent {
             return Ok(None);
         }
         let status = running_status(&pod, &uid, &host_ip, &pod_ip);
-        self.registry
-            .patch(
-                &self.pods,
-                Some(&ns),
-                &name,
-                PatchKind::Strategic,
-                &json!({"status": status}),
-                &self.opts,
-                Some("status"),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("updating status of {key}: {e}"))?;
+        self.api.patch_pod_status(&ns, &name, &status).await?;
         Ok(None)
     }
 }
@@ -501,6 +485,22 @@ mod tests {
             .unwrap();
         assert_eq!(ready["reason"], "KubeletReady");
         assert_eq!(node_index(300).2, "10.43.44.0/24");
+    }
+
+    #[test]
+    fn node_indices_avoid_cidrs_in_use() {
+        assert_eq!(cidr_index("10.42.3.0/24"), Some(3));
+        assert_eq!(cidr_index(&node_index(300).2), Some(300));
+        assert_eq!(cidr_index("10.41.3.0/24"), None);
+        assert_eq!(cidr_index("192.168.0.0/24"), None);
+        let existing = vec![
+            json!({"metadata": {"name": "other-0"}, "spec": {"podCIDR": "10.42.0.0/24"}}),
+            json!({"metadata": {"name": "me-1"}, "spec": {"podCIDR": "10.42.5.0/24"}}),
+            json!({"metadata": {"name": "x"}, "spec": {"podCIDR": "10.42.2.0/24"}}),
+        ];
+        let names: Vec<String> = ["me-0", "me-1", "me-2"].map(String::from).to_vec();
+        assert_eq!(assign_indices(&names, &existing), vec![1, 5, 3]);
+        assert_eq!(assign_indices(&names, &[]), vec![0, 1, 2]);
     }
 
     #[test]

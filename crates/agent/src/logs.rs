@@ -107,6 +107,8 @@ pub struct NodeLogs {
     pub log_root: PathBuf,
     pub cri: Cri,
     pub pods: PodLogIndex,
+    /// Resource usage sampled from CRI (for `metrics.k8s.io`).
+    pub stats: Option<Arc<crate::stats::StatsCollector>>,
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -269,6 +271,10 @@ impl Kubelet for NodeLogs {
             StreamKind::PortForward { .. } => None,
         };
         crate::streaming::stream_url(self, pod, container, kind).await
+    }
+
+    async fn stats(&self) -> Option<kobune_apiserver::kubelet::NodeUsage> {
+        self.stats.as_ref().and_then(|s| s.latest())
     }
 }
 

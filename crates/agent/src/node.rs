@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub pod_cidr: String,
     /// Use an existing CRI socket instead of starting our own containerd.
     pub cri_socket: Option<PathBuf>,
+    /// Cluster DNS, cluster domain and host resolv.conf for pods' DNS.
+    pub dns: crate::dns::PodDnsSettings,
 }
 
 /// A running node agent. Dropping it stops the agent's loops and our
@@ -374,14 +376,18 @@ pub async fn start_node(
         log_root.clone(),
         pods_root,
         log_index.clone(),
+        cfg.dns.clone(),
         &mut tasks,
     )?;
+    let stats = Arc::new(crate::stats::StatsCollector::default());
+    tasks.push(stats.spawn(cri.clone()));
     kubelets.register(
         &cfg.name,
         Arc::new(NodeLogs {
             log_root: log_root.clone(),
             cri: cri.clone(),
             pods: log_index,
+            stats: Some(stats),
         }),
     );
     tracing::info!(node = %cfg.name, runtime = %runtime.socket().display(), "node agent started");

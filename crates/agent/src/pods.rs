@@ -16,8 +16,8 @@ use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, WriteOpt
 use kobune_apiserver::Registry;
 use kobune_controllers::runtime::Informer;
 use kobune_cri::pod::{
-    ensure_image, pod_status, pull_policy, restart_container, run_pod, should_restart,
-    stop_container, stop_pod, VOLUME_PATHS_KEY,
+    pod_status, pull_policy, restart_container, run_pod, should_restart, stop_container, stop_pod,
+    VOLUME_PATHS_KEY,
 };
 use kobune_cri::{ContainerState, Cri, PodRuntimeStatus, RunningPod};
 use serde_json::{json, Value};
@@ -76,6 +76,9 @@ struct Worker {
     prober: Option<Prober>,
     /// Wakes this worker (the prober uses it).
     wake: Option<Arc<Notify>>,
+    /// A failed pull to report as ImagePullBackOff while the retry waits:
+    /// (container, image, error).
+    image_backoff: Option<(String, String, String)>,
 }
 
 enum Next {
@@ -98,6 +101,8 @@ pub struct PodManager {
     log_root: PathBuf,
     pods_root: PathBuf,
     log_index: PodLogIndex,
+    /// How pods' resolv.conf is formed.
+    dns: crate::dns::PodDnsSettings,
     pods: Arc<ResourceInfo>,
     events: Arc<ResourceInfo>,
     configmaps: Arc<ResourceInfo>,
@@ -120,6 +125,7 @@ impl PodManager {
         log_root: PathBuf,
         pods_root: PathBuf,
         log_index: PodLogIndex,
+        dns: crate::dns::PodDnsSettings,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> anyhow::Result<Arc<PodManager>> {
         let informer = Arc::new(Informer::new("/registry/core/pods/"));
@@ -134,6 +140,7 @@ impl PodManager {
             log_root,
             pods_root,
             log_index,
+            dns,
             informer: informer.clone(),
             workers: Mutex::default(),
             opts: WriteOptions {
@@ -269,6 +276,14 @@ impl PodManager {
             if let Some(at) = w.retry_at {
                 let now = Instant::now();
                 if now < at {
+                    if let Some((cname, image, err)) = w.image_backoff.take() {
+                        let msg = format!("Back-off pulling image \"{image}\"");
+                        self.event(w, &pod, Some(&cname), "Normal", "BackOff", &msg)
+                            .await;
+                        let msg = format!("{msg}: ErrImagePull: {err}");
+                        let status = self.pending_status(&pod, w, "ImagePullBackOff", &msg, false);
+                        self.report(&pod, w, status).await;
+                    }
                     return Next::After(at - now);
                 }
             }
@@ -294,6 +309,10 @@ impl PodManager {
                         .min(START_RETRY_MAX);
                     w.start_failures += 1;
                     w.retry_at = Some(Instant::now() + delay);
+                    if w.image_backoff.is_some() {
+                        // ErrImagePull now, ImagePullBackOff until the retry.
+                        return Next::After(delay.min(Duration::from_millis(500)));
+                    }
                     return Next::After(delay);
                 }
             }
@@ -419,16 +438,37 @@ impl PodManager {
             )
             .await;
             let t = Instant::now();
-            match ensure_image(&self.cri, &image, &policy).await {
-                Ok(_) => {
-                    let msg = format!(
-                        "Successfully pulled image \"{image}\" in {:.3}s",
-                        t.elapsed().as_secs_f64()
-                    );
+            let (auths, missing) = self.pull_auths(pod, &image);
+            if !missing.is_empty() {
+                let msg = format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                );
+                self.event(
+                    w,
+                    pod,
+                    None,
+                    "Warning",
+                    "FailedToRetrieveImagePullSecret",
+                    &msg,
+                )
+                .await;
+            }
+            match kobune_cri::images::ensure(&self.cri, &image, &policy, &auths).await {
+                Ok(pulled) => {
+                    let took = t.elapsed().as_secs_f64();
+                    let msg = match pulled {
+                        Some(p) => format!(
+                            "Successfully pulled image \"{image}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
+                            p.size
+                        ),
+                        None => format!("Container image \"{image}\" already present on machine"),
+                    };
                     self.event(w, pod, Some(&cname), "Normal", "Pulled", &msg)
                         .await;
                 }
                 Err(e) => {
+                    w.image_backoff = Some((cname.clone(), image.clone(), format!("{e:#}")));
                     let msg = format!("Failed to pull image \"{image}\": {e:#}");
                     self.event(w, pod, Some(&cname), "Warning", "Failed", &msg)
                         .await;
@@ -446,9 +486,23 @@ impl PodManager {
             }
         }
         let mut resolved = resolved;
+        // Every image is present now (pulled above with the pod's
+        // credentials): starting the containers must not pull again.
+        for key in ["initContainers", "containers"] {
+            if let Some(list) = resolved["spec"][key].as_array_mut() {
+                for c in list {
+                    c["imagePullPolicy"] = json!("IfNotPresent");
+                }
+            }
+        }
         if let Some(v) = &w.volumes {
             resolved[VOLUME_PATHS_KEY] = Value::Object(v.paths.clone());
         }
+        resolved[crate::dns::DNS_CONFIG_KEY] = crate::dns::pod_dns_value(&resolved, &self.dns);
+        let hosts = crate::volumes::pod_dir(&self.pods_root, str_at(&resolved, "/metadata/uid"))
+            .join("etc-hosts");
+        resolved[kobune_cri::pod::ETC_HOSTS_KEY] =
+            crate::dns::etc_hosts_value(&resolved, &self.dns, &hosts);
         let r = match run_pod(&self.cri, &resolved, &self.log_root).await {
             Ok(r) => r,
             Err(e) => {
@@ -506,6 +560,60 @@ impl PodManager {
         }
         w.resolved = Some(resolved);
         Ok(r)
+    }
+
+    /// Registry credentials for `image` from the pod's imagePullSecrets and
+    /// its service account's, in that order; and the secrets that could not
+    /// be read.
+    fn pull_auths(
+        &self,
+        pod: &Value,
+        image: &str,
+    ) -> (Vec<kobune_cri::images::AuthConfig>, Vec<String>) {
+        let ns = str_at(pod, "/metadata/namespace");
+        let names_of = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .filter(|n| !n.is_empty())
+                .collect()
+        };
+        let mut names = names_of(pod.pointer("/spec/imagePullSecrets"));
+        let sa = pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        if let Ok(info) = find(&self.registry, "", "v1", "serviceaccounts") {
+            if let Some(sa) = self.lookup(&info, ns, sa) {
+                for n in names_of(sa.get("imagePullSecrets")) {
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        let (mut auths, mut missing) = (vec![], vec![]);
+        for name in names {
+            let Some(secret) = self.lookup(&self.secrets, ns, &name) else {
+                missing.push(format!("{ns}/{name}"));
+                continue;
+            };
+            let key = match secret["type"].as_str() {
+                Some("kubernetes.io/dockercfg") => ".dockercfg",
+                _ => ".dockerconfigjson",
+            };
+            let config = secret["data"][key]
+                .as_str()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            match config {
+                Some(c) => auths.extend(kobune_cri::images::auths_for_image(&c, image)),
+                None => missing.push(format!("{ns}/{name}")),
+            }
+        }
+        (auths, missing)
     }
 
     fn setup_volumes(&self, pod: &Value) -> Result<PodVolumes, (String, String)> {

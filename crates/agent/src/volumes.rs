@@ -19,6 +19,17 @@ pub type Payload = BTreeMap<String, (Vec<u8>, u32)>;
 /// Looks up a ConfigMap (`secret == false`) or Secret in a namespace.
 pub type Lookup<'a> = &'a dyn Fn(bool, &str, &str) -> Option<Value>;
 
+/// Resolves a PersistentVolumeClaim (namespace, claim) to the host
+/// directory of the volume bound to it.
+pub type ClaimResolver = std::sync::Arc<dyn Fn(&str, &str) -> Result<String, String> + Send + Sync>;
+
+static CLAIMS: std::sync::OnceLock<ClaimResolver> = std::sync::OnceLock::new();
+
+/// Installs how persistentVolumeClaim volumes are resolved (once per process).
+pub fn set_claim_resolver(resolver: ClaimResolver) {
+    let _ = CLAIMS.set(resolver);
+}
+
 /// A pod's prepared volumes.
 #[derive(Debug, Default)]
 pub struct PodVolumes {
@@ -63,6 +74,20 @@ impl PodVolumes {
             if let Some(hp) = v.get("hostPath").filter(|x| x.is_object()) {
                 let path = str_at(hp, "/path");
                 check_host_path(path, str_at(hp, "/type")).map_err(err)?;
+                out.paths.insert(name.clone(), json!(path));
+                continue;
+            }
+            if let Some(pvc) = v.get("persistentVolumeClaim").filter(|x| x.is_object()) {
+                // Bind-mounted like hostPath: the bound volume's directory.
+                let claim = str_at(pvc, "/claimName");
+                let ns = str_at(pod, "/metadata/namespace");
+                let path = match CLAIMS.get() {
+                    Some(resolve) => resolve(ns, claim).map_err(err)?,
+                    None => {
+                        return Err(err("no resolver for persistentVolumeClaim volumes".into()))
+                    }
+                };
+                std::fs::create_dir_all(&path).map_err(|e| err(format!("creating {path}: {e}")))?;
                 out.paths.insert(name.clone(), json!(path));
                 continue;
             }

@@ -122,6 +122,7 @@ async fn runs_pods_on_containerd() {
             data_dir: dir.path().join("agent"),
             pod_cidr: "10.42.0.0/24".into(),
             cri_socket: None,
+            dns: Default::default(),
         },
     )
     .await

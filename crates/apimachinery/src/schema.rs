@@ -274,6 +274,43 @@ pub fn prune_unknown(schema: SchemaNode<'_>, value: &mut Value) {
     }
 }
 
+/// Removes empty maps (`additionalProperties` fields such as labels,
+/// annotations, data), as a typed object's round trip through Go's
+/// `omitempty` does: `{"annotations": {}}` is stored without the key.
+pub fn drop_empty_maps(schema: SchemaNode<'_>, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if schema.properties().is_some() {
+                map.retain(|k, v| {
+                    let Some(f) = schema.field(k) else {
+                        return true;
+                    };
+                    let is_map = f.schema.properties().is_none()
+                        && f.schema.additional_properties().is_some();
+                    !(is_map && v.as_object().is_some_and(|m| m.is_empty()))
+                });
+                for (k, v) in map.iter_mut() {
+                    if let Some(f) = schema.field(k) {
+                        drop_empty_maps(f.schema, v);
+                    }
+                }
+            } else if let Some(ap) = schema.additional_properties() {
+                for v in map.values_mut() {
+                    drop_empty_maps(ap, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.items() {
+                for v in items.iter_mut() {
+                    drop_empty_maps(item, v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -362,6 +399,26 @@ mod tests {
         assert_eq!(containers.patch_strategy(), Some("merge"));
         let c = containers.schema.items().unwrap();
         assert!(c.field("image").is_some());
+    }
+
+    #[test]
+    fn empty_maps_are_dropped_but_empty_structs_kept() {
+        let defs = definitions();
+        let pod = SchemaNode::definition(defs, "io.k8s.api.core.v1.Pod").unwrap();
+        let mut v = serde_json::json!({
+            "metadata": {"name": "x", "labels": {}, "annotations": {"a": "b"}},
+            "spec": {"nodeSelector": {}, "volumes": [{"name": "v", "emptyDir": {}}],
+                     "containers": [{"name": "c", "resources": {"limits": {}}}]}
+        });
+        drop_empty_maps(pod, &mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "metadata": {"name": "x", "annotations": {"a": "b"}},
+                "spec": {"volumes": [{"name": "v", "emptyDir": {}}],
+                         "containers": [{"name": "c", "resources": {}}]}
+            })
+        );
     }
 
     #[test]

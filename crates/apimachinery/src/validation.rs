@@ -1151,7 +1151,20 @@ fn stateful_set(out: &mut Vec<Cause>, spec: &Value, old_spec: Option<&Value>) {
         if !everything && selector_matches(sel, template_labels(tmpl)) == Ok(false) {
             mismatch(out, tmpl, "spec.template");
         }
-        template_spec(out, tmpl, "spec.template");
+        // The pods get a volume per volumeClaimTemplate: mounts may name them.
+        let mut with_claims = tmpl.clone();
+        if let Some(pod) = with_claims.get_mut("spec").filter(|p| p.is_object()) {
+            let mut vols = arr(pod, "volumes").to_vec();
+            for t in arr(spec, "volumeClaimTemplates") {
+                let n = t.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+                vols.retain(|v| v.get("name") != Some(&n));
+                vols.push(
+                    serde_json::json!({"name": n, "persistentVolumeClaim": {"claimName": n}}),
+                );
+            }
+            pod["volumes"] = Value::Array(vols);
+        }
+        template_spec(out, &with_claims, "spec.template");
     }
     restart_always(out, template_of(spec), "spec.template");
     if let Some(old) = old_spec {

@@ -34,6 +34,9 @@ impl EventType {
     }
 }
 
+/// How long a read waits for the watch before asking the store for progress.
+const PROGRESS_AFTER_MS: u64 = 200;
+
 #[derive(Debug)]
 pub struct CacheEvent {
     pub kind: EventType,
@@ -361,9 +364,23 @@ impl Cache {
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         if self.revision() < rev {
-            // Writes outside our prefix also move a shared store's revision:
-            // ask the watch to confirm how far it has really got.
-            let _ = self.store.request_progress().await;
+            // Events under our prefix arrive within milliseconds. Only when
+            // writes outside it moved a shared store's revision, ask the
+            // watch to confirm how far it has got: etcd before 3.4.24 may
+            // send that confirmation ahead of events still queued on the
+            // stream, so it must not be asked for on every busy read.
+            let mut rx = self.revision.subscribe();
+            let quick = matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(PROGRESS_AFTER_MS),
+                    rx.wait_for(|r| *r >= rev),
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            if !quick {
+                let _ = self.store.request_progress().await;
+            }
         }
         self.wait_for(rev).await?;
         Ok(rev.max(self.revision()))

@@ -100,7 +100,7 @@ fn aggregated_version(resources: &[Arc<ResourceInfo>], group: &str, version: &st
 /// `APIGroupDiscoveryList` for `/api` (core only) or `/apis` (everything else).
 pub fn aggregated(resources: &Resources, core: bool) -> Value {
     let all = resources.all();
-    let items: Vec<Value> = groups(resources)
+    let mut items: Vec<Value> = groups(resources)
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, versions)| {
@@ -111,6 +111,9 @@ pub fn aggregated(resources: &Resources, core: bool) -> Value {
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": vs})
         })
         .collect();
+    if !core {
+        items.extend(crate::metrics::aggregated_groups());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
@@ -127,11 +130,12 @@ fn group_doc(group: &str, versions: &[String]) -> Value {
 }
 
 pub fn api_group_list(resources: &Resources) -> Value {
-    let groups: Vec<Value> = groups(resources)
+    let mut groups: Vec<Value> = groups(resources)
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, vs)| group_doc(&g, &vs))
         .collect();
+    groups.extend(crate::metrics::api_groups());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

@@ -357,6 +357,12 @@ async fn route(
     let res = &state.resources;
     let get = req.method() == Method::GET;
     match segs.as_slice() {
+        ["apis", g, ..] if get && crate::metrics::serves(g) => {
+            let m = crate::metrics::Metrics::new(state.registry.clone(), state.kubelets.clone());
+            crate::metrics::serve(&m, &segs, &ctx.query)
+                .await
+                .map(|v| json_response(200, &v))
+        }
         ["api"] if get => {
             if aggregated {
                 return Ok(discovery_response(&discovery::aggregated(res, true)));
@@ -381,6 +387,11 @@ async fn route(
         ["apis", g, v] if get => discovery::api_resource_list(res, g, v)
             .map(|d| json_response(200, &d))
             .ok_or_else(not_found_path),
+        ["openapi", "v2"] if get && crate::openapi_pb::wants_protobuf(&ctx.accept) => Ok(respond(
+            200,
+            crate::openapi_pb::MEDIA_TYPE,
+            state.openapi.v2_protobuf(res).to_vec(),
+        )),
         ["openapi", "v2"] if get => Ok(respond(
             200,
             "application/json",
@@ -870,23 +881,8 @@ async fn post_subresource(
     let reg = &state.registry;
     match sub {
         "eviction" => {
-            let pod = reg.get(info, ns, name).await?;
-            let delete = DeleteOptions {
-                dry_run: opts.dry_run,
-                grace_period_seconds: body
-                    .pointer("/deleteOptions/gracePeriodSeconds")
-                    .and_then(Value::as_i64),
-                precondition_uid: pod
-                    .pointer("/metadata/uid")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                ..Default::default()
-            };
-            reg.delete(info, ns, name, &delete).await?;
-            Ok(json_response(
-                201,
-                &success_status(name, "", "Eviction", ""),
-            ))
+            let status = crate::eviction::evict(reg, info, ns, name, &body, opts).await?;
+            Ok(json_response(201, &status))
         }
         "binding" => {
             let node = body

@@ -46,6 +46,39 @@ pub enum StreamKind {
     },
 }
 
+/// One container's resource usage over a sampling window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    pub name: String,
+    /// CPU rate over the window, in nanocores (1e9 = one core).
+    pub cpu_nanocores: u64,
+    /// Memory working set (usage minus inactive file pages), in bytes.
+    pub memory_working_set_bytes: u64,
+}
+
+/// A pod's usage: its running containers, measured over the same window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// When the later of the two samples was taken.
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    /// The time between the two samples the CPU rate comes from.
+    pub window: std::time::Duration,
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// What a node measured: the node as a whole and each pod on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeUsage {
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    pub window: std::time::Duration,
+    pub cpu_nanocores: u64,
+    pub memory_working_set_bytes: u64,
+    pub pods: Vec<PodUsage>,
+}
+
 /// What a node agent serves to the API server.
 #[async_trait]
 pub trait Kubelet: Send + Sync {
@@ -63,6 +96,13 @@ pub trait Kubelet: Send + Sync {
             "NotImplemented",
             "streaming is not supported by this node",
         ))
+    }
+
+    /// The node's latest resource usage (for `metrics.k8s.io`), or `None`
+    /// while the node has not yet taken two samples or measures nothing
+    /// (simulated nodes).
+    async fn stats(&self) -> Option<NodeUsage> {
+        None
     }
 }
 

@@ -2,6 +2,8 @@
 //! CRD schemas), with the vendor extensions kubectl reads: group-version-
 //! kind on definitions and operations, patch metadata, and the
 //! `fieldValidation` parameter that makes kubectl validate on the server.
+//! The v2 document is also served as gnostic protobuf ([`crate::openapi_pb`]),
+//! which kubectl's client-side validation (used for `kind: List`) reads.
 
 use crate::discovery::by_group_version;
 use crate::resources::Resources;
@@ -66,6 +68,31 @@ fn rewrite_refs(v: &mut Value, prefix: &str) {
             m.values_mut().for_each(|x| rewrite_refs(x, prefix));
         }
         Value::Array(a) => a.iter_mut().for_each(|x| rewrite_refs(x, prefix)),
+        _ => {}
+    }
+}
+
+/// Swagger 2.0 allows siblings next to `$ref` (v3 wraps it in a one-entry
+/// `allOf`), and kubectl's v2 parser treats an `allOf`-only property as an
+/// arbitrary value, so the v2 document uses the plain `$ref` as upstream.
+fn unwrap_single_all_of(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let single = match m.get("allOf") {
+                Some(Value::Array(a)) if a.len() == 1 && !m.contains_key("$ref") => a[0]
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.get("$ref"))
+                    .cloned(),
+                _ => None,
+            };
+            if let Some(r) = single {
+                m.remove("allOf");
+                m.insert("$ref".into(), r);
+            }
+            m.values_mut().for_each(unwrap_single_all_of);
+        }
+        Value::Array(a) => a.iter_mut().for_each(unwrap_single_all_of),
         _ => {}
     }
 }
@@ -244,6 +271,8 @@ fn document(resources: &[Arc<ResourceInfo>], v3: bool) -> Value {
     if v3 {
         json!({"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": schemas}})
     } else {
+        let mut schemas = Value::Object(schemas);
+        unwrap_single_all_of(&mut schemas);
         json!({"swagger": "2.0", "info": info, "paths": paths, "definitions": schemas})
     }
 }
@@ -267,13 +296,24 @@ fn gv_path(group: &str, version: &str) -> String {
 
 impl OpenApi {
     fn cached(&self, key: &str, generation: u64, build: impl FnOnce() -> Value) -> Arc<Vec<u8>> {
+        self.cached_bytes(key, generation, || {
+            serde_json::to_vec(&build()).unwrap_or_default()
+        })
+    }
+
+    fn cached_bytes(
+        &self,
+        key: &str,
+        generation: u64,
+        build: impl FnOnce() -> Vec<u8>,
+    ) -> Arc<Vec<u8>> {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((g, doc)) = c.get(key) {
             if *g == generation {
                 return doc.clone();
             }
         }
-        let doc = Arc::new(serde_json::to_vec(&build()).unwrap_or_default());
+        let doc = Arc::new(build());
         c.insert(key.to_string(), (generation, doc.clone()));
         doc
     }
@@ -281,6 +321,15 @@ impl OpenApi {
     pub fn v2(&self, resources: &Resources) -> Arc<Vec<u8>> {
         self.cached("v2", resources.generation(), || {
             document(&resources.all(), false)
+        })
+    }
+
+    /// The v2 document as gnostic `openapi.v2.Document` protobuf, the form
+    /// client-go's discovery (and so kubectl's validation) asks for.
+    pub fn v2_protobuf(&self, resources: &Resources) -> Arc<Vec<u8>> {
+        // The key cannot collide with a v3 group-version path.
+        self.cached_bytes("v2#protobuf", resources.generation(), || {
+            crate::openapi_pb::encode(&document(&resources.all(), false))
         })
     }
 
@@ -314,4 +363,86 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openapi_pb::{self, Document};
+    use prost::Message;
+
+    #[test]
+    fn v2_protobuf_decodes_to_the_json_document() {
+        let resources = Resources::new();
+        let api = OpenApi::default();
+        let bytes = api.v2_protobuf(&resources);
+        assert!(Arc::ptr_eq(&bytes, &api.v2_protobuf(&resources)), "cached");
+        let doc = Document::decode(bytes.as_slice()).expect("valid protobuf");
+        assert_eq!(doc.swagger, "2.0");
+        let json: Value = serde_json::from_slice(&api.v2(&resources)).unwrap();
+        let defs = &doc.definitions.as_ref().unwrap().additional_properties;
+        assert_eq!(defs.len(), json["definitions"].as_object().unwrap().len());
+        let dep = defs
+            .iter()
+            .find(|d| d.name == "io.k8s.api.apps.v1.Deployment")
+            .and_then(|d| d.value.clone())
+            .expect("Deployment definition");
+        let gvk = dep
+            .vendor_extension
+            .iter()
+            .find(|e| e.name == "x-kubernetes-group-version-kind")
+            .expect("gvk extension");
+        let gvk: Value = serde_yaml::from_str(&gvk.value.as_ref().unwrap().yaml).unwrap();
+        assert_eq!(
+            gvk,
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        let spec = dep
+            .properties
+            .as_ref()
+            .unwrap()
+            .additional_properties
+            .iter()
+            .find(|p| p.name == "spec")
+            .and_then(|p| p.value.clone())
+            .unwrap();
+        assert_eq!(
+            spec.r#ref,
+            "#/definitions/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert!(spec.all_of.is_empty() && !spec.description.is_empty());
+        let paths = &doc.paths.as_ref().unwrap().path;
+        assert_eq!(paths.len(), json["paths"].as_object().unwrap().len());
+        // Every reference resolves, as kubectl's parser requires.
+        fn refs(s: &openapi_pb::Schema, out: &mut Vec<String>) {
+            if !s.r#ref.is_empty() {
+                out.push(s.r#ref.clone());
+            }
+            let props = s.properties.iter().flat_map(|p| &p.additional_properties);
+            props
+                .filter_map(|p| p.value.as_ref())
+                .for_each(|x| refs(x, out));
+            s.items
+                .iter()
+                .flat_map(|i| &i.schema)
+                .for_each(|x| refs(x, out));
+            s.all_of.iter().for_each(|x| refs(x, out));
+            if let Some(openapi_pb::additional_properties_item::Oneof::Schema(x)) = s
+                .additional_properties
+                .as_ref()
+                .and_then(|a| a.oneof.as_ref())
+            {
+                refs(x, out)
+            }
+        }
+        let mut all = vec![];
+        defs.iter()
+            .filter_map(|d| d.value.as_ref())
+            .for_each(|s| refs(s, &mut all));
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r.strip_prefix("#/definitions/").expect("v2 prefix");
+            assert!(defs.iter().any(|d| d.name == name), "{r} unresolved");
+        }
+    }
 }

@@ -240,6 +240,10 @@ impl Registry {
         }
         if let Some(s) = schema_for(info) {
             schema::prune_unknown(s, obj);
+            if info.definition.is_some() {
+                // Built-in kinds are typed upstream: empty maps are omitted.
+                schema::drop_empty_maps(s, obj);
+            }
         }
     }
 
@@ -333,6 +337,45 @@ impl Registry {
                 &format!("unable to create new content in namespace {ns} because it is being terminated"),
             )),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// Upstream's DefaultStorageClass and DefaultIngressClass admission: a
+    /// claim without `storageClassName` (an Ingress without
+    /// `ingressClassName`) gets the newest class marked default.
+    fn default_class(&self, obj: &mut Value, field: &str, group: &str, plural: &str) {
+        if obj
+            .get("spec")
+            .and_then(|s| s.get(field))
+            .is_some_and(|v| !v.is_null())
+        {
+            return;
+        }
+        let Some(info) = self.resources.find(group, "v1", plural) else {
+            return;
+        };
+        let marker = format!(
+            "/metadata/annotations/{}.kubernetes.io~1is-default-class",
+            info.singular
+        );
+        let default = self
+            .cache
+            .list(&info.key_prefix(), None)
+            .0
+            .into_iter()
+            .filter(|(_, c)| c.pointer(&marker).and_then(Value::as_str) == Some("true"))
+            .max_by(|(_, a), (_, b)| {
+                let t = |c: &Value| {
+                    c.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                t(a).cmp(&t(b))
+            });
+        if let (Some((_, class)), Some(spec)) =
+            (default, obj.get_mut("spec").filter(|s| s.is_object()))
+        {
+            spec[field] = class["metadata"]["name"].clone();
         }
     }
 
@@ -539,8 +582,13 @@ impl Registry {
                 )],
             ));
         }
-        // An existing name is reported before anything is allocated for it.
-        self.cache.sync().await?;
+        // An existing name is reported before anything is allocated for it
+        // (a Service's IPs and ports). Other kinds rely on the store's
+        // create, which fails on an existing key, so they skip the sync.
+        let allocates = storage.group.is_empty() && storage.plural == "services";
+        if allocates || opts.dry_run {
+            self.cache.sync().await?;
+        }
         let storage_key = storage.key(ns, &name);
         if self.cache.get(&storage_key).is_some() {
             return Err(ApiError::already_exists(&info.plural, &info.group, &name));
@@ -549,6 +597,21 @@ impl Registry {
         let mut obj = convert(obj, &storage);
         defaults::apply_defaults(&storage, &mut obj);
         strategy::prepare_for_create(&storage, &mut obj, &now);
+        match (storage.group.as_str(), storage.plural.as_str()) {
+            ("", "persistentvolumeclaims") => self.default_class(
+                &mut obj,
+                "storageClassName",
+                "storage.k8s.io",
+                "storageclasses",
+            ),
+            ("networking.k8s.io", "ingresses") => self.default_class(
+                &mut obj,
+                "ingressClassName",
+                "networking.k8s.io",
+                "ingressclasses",
+            ),
+            _ => {}
+        }
         let mut causes = validation::validate(&storage, &obj, None);
         if storage.group.is_empty() && storage.plural == "services" {
             if let Err(c) = self.allocate_service(&mut obj, None) {
@@ -557,6 +620,10 @@ impl Registry {
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
+        }
+        if !allocates && self.namespace_check(info, ns, &name).is_err() {
+            // The namespace may have been written a moment ago.
+            self.cache.sync().await?;
         }
         self.namespace_check(info, ns, &name)?;
         let manager = opts

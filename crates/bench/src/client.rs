@@ -78,13 +78,23 @@ pub struct Conn {
 
 impl Conn {
     fn request(&self, method: &str, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+        self.request_typed(method, path, body, "application/json")
+    }
+
+    fn request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Request<Full<Bytes>>> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("https://{}{}", self.target.addr, path))
             .header("authorization", format!("Bearer {}", self.target.token))
             .header("accept", "application/json");
         if !body.is_empty() {
-            b = b.header("content-type", "application/json");
+            b = b.header("content-type", content_type);
         }
         Ok(b.body(Full::new(body))?)
     }
@@ -103,7 +113,21 @@ impl Conn {
 
     /// Sends a request and reads the whole body; non-2xx is an error.
     pub async fn call(&mut self, method: &str, path: &str, body: Bytes) -> Result<Bytes> {
-        let resp = self.send(method, path, body).await?;
+        self.call_with_type(method, path, body, "application/json")
+            .await
+    }
+
+    /// As [`Conn::call`] with the given request content type (e.g. a patch type).
+    pub async fn call_with_type(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Bytes> {
+        let req = self.request_typed(method, path, body, content_type)?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {

@@ -2,8 +2,10 @@
 //! and the raw backend underneath it, in one run. See BENCHMARKS.md.
 
 mod client;
+mod network;
 mod raw;
 mod report;
+mod workloads;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -70,6 +72,18 @@ pub struct Args {
     /// Write/replace the results section in this markdown file.
     #[arg(long, num_args = 0..=1, default_missing_value = "BENCHMARKS.md")]
     markdown: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Clone)]
+enum Cmd {
+    /// Scheduler, memory and Deployment runs on simulated nodes, and pod
+    /// startup, scale and rollout on containerd (instead of the default run).
+    Workloads(workloads::WorkloadArgs),
+    /// Service traffic on containerd: direct vs ClusterIP vs Ingress
+    /// throughput and latency, and pod Ready -> ClusterIP traffic time.
+    Network(network::NetworkArgs),
 }
 
 /// Latency samples plus wall time for a batch of operations.
@@ -630,6 +644,34 @@ fn main() -> Result<()> {
     let started = chrono::Utc::now();
     let load = report::loadavg();
     let t0 = Instant::now();
+    if let Some(Cmd::Network(n)) = &args.cmd {
+        let results = rt.block_on(network::run(n, &args.kobune, &root))?;
+        let wall = t0.elapsed();
+        println!("{}", network::text(&results));
+        println!("total wall time: {:.0} s", wall.as_secs_f64());
+        if let Some(md) = &n.markdown {
+            network::write(md, &network::markdown(&results, &load, started, wall))?;
+            eprintln!("wrote network results to {}", md.display());
+        }
+        if args.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        return Ok(());
+    }
+    if let Some(Cmd::Workloads(w)) = &args.cmd {
+        let results = rt.block_on(workloads::run(w, &args.kobune, &root))?;
+        let wall = t0.elapsed();
+        println!("{}", workloads::text(&results));
+        println!("total wall time: {:.0} s", wall.as_secs_f64());
+        if let Some(md) = &w.markdown {
+            workloads::write(md, &workloads::markdown(&results, &load, started, wall))?;
+            eprintln!("wrote workload results to {}", md.display());
+        }
+        if args.work_dir.is_none() && results.errors_empty() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        return Ok(());
+    }
     let mut results = Vec::new();
     for b in &args.backends {
         results.push(rt.block_on(run_backend(&args, b, &root))?);

@@ -137,7 +137,7 @@ fn tables(results: &[BackendResult]) -> Tables {
     t
 }
 
-fn text_table(out: &mut String, title: &str, hdr: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn text_table(out: &mut String, title: &str, hdr: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = hdr.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -159,7 +159,7 @@ fn text_table(out: &mut String, title: &str, hdr: &[&str], rows: &[Vec<String>])
     }
 }
 
-fn md_table(out: &mut String, hdr: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn md_table(out: &mut String, hdr: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", hdr.join(" | "));
     let _ = writeln!(out, "|{}", "---:|".repeat(hdr.len()));
     for r in rows {
@@ -234,7 +234,7 @@ pub fn text(results: &[BackendResult]) -> String {
     out
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -277,7 +277,7 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn command() -> String {
+pub(crate) fn command() -> String {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
@@ -333,14 +333,20 @@ pub fn markdown(
 
 /// Replaces the marked results section of `path`, or appends one.
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
+    write_marked(path, BEGIN, END, section)
+}
+
+/// Replaces the part of `path` between the `begin` and `end` markers
+/// (which `section` carries itself), or appends `section`.
+pub fn write_marked(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => {
             format!(
                 "{}{}{}",
                 &old[..b],
                 section.trim_end(),
-                &old[e + END.len()..]
+                &old[e + end.len()..]
             )
         }
         _ => format!("{}\n{}", old.trim_end(), section),

@@ -335,11 +335,7 @@ fn owner_key(o: &Value) -> Option<String> {
 
 impl Controller {
     pub fn new(reg: Arc<Registry>, opts: Arc<WriteOptions>) -> anyhow::Result<Arc<Controller>> {
-        let find = |g: &str, p: &str| {
-            reg.resources
-                .find(g, "v1", p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
+        let find = |g: &str, p: &str| crate::runtime::served(&reg, g, "v1", p);
         let (cj_info, job_info) = (find("batch", "cronjobs")?, find("batch", "jobs")?);
         Ok(Arc::new(Controller {
             cronjobs: Arc::new(Informer::new(cj_info.key_prefix())),
@@ -414,12 +410,7 @@ impl Controller {
         let Some(cj) = self.cronjobs.get(&self.cj_info.key(Some(ns), n)) else {
             return Ok(None);
         };
-        let jobs: Vec<Arc<Value>> = self
-            .jobs
-            .by_index(BY_CONTROLLER, uid(&cj))
-            .into_iter()
-            .map(|(_, j)| j)
-            .collect();
+        let jobs: Vec<Arc<Value>> = self.jobs.objects_by_index(BY_CONTROLLER, uid(&cj));
         let mut status = cj
             .get("status")
             .cloned()
@@ -584,20 +575,7 @@ impl Controller {
         } else {
             status["active"] = json!(active.iter().map(|j| job_ref(j)).collect::<Vec<_>>());
         }
-        if cj.get("status") != Some(&status) {
-            let mut c = (*cj).clone();
-            c["status"] = status;
-            match self
-                .reg
-                .update(&self.cj_info, Some(ns), n, c, &self.opts, Some("status"))
-                .await
-            {
-                Err(e) if e.code == 404 => {}
-                r => {
-                    r?;
-                }
-            }
-        }
+        update_status_if_changed(&self.reg, &self.cj_info, &cj, status, &self.opts, &[404]).await?;
         Ok(requeue)
     }
 }

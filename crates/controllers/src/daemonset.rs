@@ -484,11 +484,7 @@ fn owner_key(o: &Value) -> Option<String> {
 
 impl Controller {
     pub fn new(reg: Arc<Registry>, opts: Arc<WriteOptions>) -> anyhow::Result<Arc<Controller>> {
-        let find = |g: &str, p: &str| {
-            reg.resources
-                .find(g, "v1", p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
+        let find = |g: &str, p: &str| crate::runtime::served(&reg, g, "v1", p);
         let (ds_info, pod_info, cr_info, node_info) = (
             find("apps", "daemonsets")?,
             find("", "pods")?,
@@ -583,14 +579,7 @@ impl Controller {
             collision,
         );
         let data = revision_data(ds);
-        let mut owned: Vec<Arc<Value>> = self
-            .revisions
-            .by_index(BY_CONTROLLER, uid(ds))
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect();
-        owned.sort_by_key(|r| i64_at(r, "/revision"));
-        let max = owned.last().map(|r| i64_at(r, "/revision")).unwrap_or(0);
+        let (owned, max) = owned_revisions(&self.revisions, uid(ds));
         let same = owned.iter().find(|r| r.get("data") == Some(&data)).cloned();
         let hash = match same {
             Some(r) => {
@@ -600,35 +589,12 @@ impl Controller {
                     .and_then(Value::as_str)
                     .unwrap_or(&hash)
                     .to_string();
-                if i64_at(&r, "/revision") < max {
-                    let patch = json!({"revision": max + 1});
-                    self.reg
-                        .patch(
-                            &self.cr_info,
-                            Some(ns),
-                            name(&r),
-                            PatchKind::Merge,
-                            &patch,
-                            &self.opts,
-                            None,
-                        )
-                        .await?;
-                }
+                renumber_revision(&self.reg, &self.cr_info, &r, max, &self.opts).await?;
                 h
             }
             None => {
-                let mut labels = ds
-                    .pointer("/spec/template/metadata/labels")
-                    .cloned()
-                    .filter(Value::is_object)
-                    .unwrap_or(json!({}));
-                labels[HASH_LABEL] = json!(hash);
-                let cr = json!({
-                    "apiVersion": "apps/v1", "kind": "ControllerRevision",
-                    "metadata": {"name": format!("{}-{hash}", name(ds)), "namespace": ns, "labels": labels,
-                                 "ownerReferences": [controller_owner_ref("apps/v1", "DaemonSet", ds)]},
-                    "data": data, "revision": max + 1,
-                });
+                let rev_name = format!("{}-{hash}", name(ds));
+                let cr = new_revision(ds, "DaemonSet", &rev_name, &hash, &data, max + 1);
                 match self
                     .reg
                     .create(&self.cr_info, Some(ns), cr, &self.opts)
@@ -637,20 +603,14 @@ impl Controller {
                     Ok(_) => {}
                     Err(e) if e.code == 409 => {
                         // A different template under this hash: bump the collision count.
-                        let patch =
-                            json!({"status": {"collisionCount": collision.unwrap_or(0) + 1}});
-                        self.reg
-                            .patch(
-                                &self.ds_info,
-                                Some(ns),
-                                name(ds),
-                                PatchKind::Merge,
-                                &patch,
-                                &self.opts,
-                                Some("status"),
-                            )
-                            .await?;
-                        anyhow::bail!("controllerrevision hash collision");
+                        return Err(revision_collision(
+                            &self.reg,
+                            &self.ds_info,
+                            ds,
+                            collision,
+                            &self.opts,
+                        )
+                        .await);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -749,12 +709,7 @@ impl Controller {
             }
         }
         let nodes: Vec<Arc<Value>> = self.nodes.list().into_iter().map(|(_, v)| v).collect();
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .by_index(BY_CONTROLLER, uid(&ds))
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_CONTROLLER, uid(&ds));
         let plan = plan(
             &ds,
             &nodes,
@@ -830,20 +785,15 @@ impl Controller {
                 .as_object_mut()
                 .map(|m| m.remove("numberUnavailable"));
         }
-        if ds.get("status") != Some(&status) {
-            let mut d = (*ds).clone();
-            d["status"] = status;
-            match self
-                .reg
-                .update(&self.ds_info, Some(ns), n, d, &self.opts, Some("status"))
-                .await
-            {
-                Err(e) if e.code == 404 || e.code == 409 => {}
-                r => {
-                    r?;
-                }
-            }
-        }
+        update_status_if_changed(
+            &self.reg,
+            &self.ds_info,
+            &ds,
+            status,
+            &self.opts,
+            &[404, 409],
+        )
+        .await?;
         if let Some(e) = failure {
             anyhow::bail!("{e}");
         }

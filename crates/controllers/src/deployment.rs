@@ -637,11 +637,7 @@ struct Snapshot {
 
 impl Controller {
     pub fn new(reg: Arc<Registry>, opts: Arc<WriteOptions>) -> anyhow::Result<Arc<Controller>> {
-        let find = |g: &str, p: &str| {
-            reg.resources
-                .find(g, "v1", p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
+        let find = |g: &str, p: &str| crate::runtime::served(&reg, g, "v1", p);
         let (d_info, rs_info, pod_info) = (
             find("apps", "deployments")?,
             find("apps", "replicasets")?,
@@ -746,7 +742,10 @@ impl Controller {
         s.rss[i] = self.update_rs(rs).await?;
         if old != size {
             let dir = if size > old { "up" } else { "down" };
-            let msg = format!("Scaled {dir} replica set {} to {size}", name(&s.rss[i]));
+            let msg = format!(
+                "Scaled {dir} replica set {} from {old} to {size}",
+                name(&s.rss[i])
+            );
             self.event(&s.d, "ScalingReplicaSet", &msg).await;
         }
         Ok(())
@@ -875,7 +874,7 @@ impl Controller {
                 s.rss.push(created.object);
                 let i = s.rss.len() - 1;
                 if size > 0 {
-                    let msg = format!("Scaled up replica set {} to {size}", name(&s.rss[i]));
+                    let msg = format!("Scaled up replica set {} from 0 to {size}", name(&s.rss[i]));
                     self.event(&s.d, "ScalingReplicaSet", &msg).await;
                 }
                 self.set_deployment_revision(s, new_rev).await?;

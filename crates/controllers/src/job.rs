@@ -510,11 +510,7 @@ fn owner_key(pod: &Value) -> Option<String> {
 
 impl Controller {
     pub fn new(reg: Arc<Registry>, opts: Arc<WriteOptions>) -> anyhow::Result<Arc<Controller>> {
-        let find = |g: &str, p: &str| {
-            reg.resources
-                .find(g, "v1", p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
+        let find = |g: &str, p: &str| crate::runtime::served(&reg, g, "v1", p);
         let (job_info, pod_info) = (find("batch", "jobs")?, find("", "pods")?);
         Ok(Arc::new(Controller {
             jobs: Arc::new(Informer::new(job_info.key_prefix())),
@@ -629,12 +625,7 @@ impl Controller {
             self.expectations.forget(key);
             return Ok(None);
         };
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .by_index(BY_CONTROLLER, uid(&job))
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_CONTROLLER, uid(&job));
         if deleting(&job) {
             self.release_pods(&pods).await?;
             return Ok(None);

@@ -10,8 +10,19 @@
 //! - [`deployment`]: Deployments roll out ReplicaSets.
 //! - [`job`], [`cronjob`]: Jobs run pods to completion; CronJobs create Jobs.
 //! - [`daemonset`]: DaemonSets run a pod per eligible node.
+//! - [`endpoints`]: EndpointSlices and the legacy Endpoints list the pods
+//!   each Service selects.
+//! - [`statefulset`]: StatefulSets run ordered pods with stable names and
+//!   per-pod PersistentVolumeClaims.
+//! - [`disruption`]: PodDisruptionBudget status (the eviction subresource
+//!   spends it).
 //! - [`node_lifecycle`]: nodes not heard from go Unknown and tainted;
 //!   taint-based eviction; pods of deleted nodes are collected.
+//!
+//! - [`local_path`]: the default `local-path` StorageClass, its
+//!   provisioner and claim/volume binding.
+//! - [`leader`]: Lease-based leader election; only the holder runs the
+//!   controllers and the scheduler.
 //!
 //! The shared plumbing lives in [`runtime`] (and [`workload`] for the
 //! workload controllers).
@@ -22,12 +33,18 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
+pub mod endpoints;
 pub mod garbage_collector;
+pub mod hpa;
 pub mod job;
+pub mod leader;
+pub mod local_path;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
+pub mod statefulset;
 pub mod workload;
 
 use kobune_apiserver::registry::WriteOptions;
@@ -39,19 +56,24 @@ use std::sync::Arc;
 pub const FIELD_MANAGER: &str = "kobune-controller-manager";
 
 const GC_WORKERS: usize = 4;
+const HPA_WORKERS: usize = 2;
 const NAMESPACE_WORKERS: usize = 2;
 const REPLICASET_WORKERS: usize = 5;
 const DEPLOYMENT_WORKERS: usize = 5;
 const JOB_WORKERS: usize = 5;
 const CRONJOB_WORKERS: usize = 5;
 const DAEMONSET_WORKERS: usize = 2;
+const DISRUPTION_WORKERS: usize = 2;
+const STATEFULSET_WORKERS: usize = 3;
+const LOCAL_PATH_WORKERS: usize = 2;
+const ENDPOINTS_WORKERS: usize = 5;
 
 /// Starts every controller on the current runtime and returns once their
 /// informers have synced; they run until the process ends.
 ///
-/// Leader election would go here: with several servers sharing one store,
-/// acquire a `coordination.k8s.io` Lease first and only then start the
-/// controllers (stopping them if the lease is lost).
+/// With several servers sharing one store, `kobune server` calls this only
+/// while it holds the controller Lease ([`leader::start_leading`], which
+/// runs it on a runtime of its own and shuts that down if the lease is lost).
 pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     let opts = Arc::new(WriteOptions {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -138,6 +160,9 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     start_workload!(job, "job", JOB_WORKERS);
     start_workload!(cronjob, "cronjob", CRONJOB_WORKERS);
     start_workload!(daemonset, "daemonset", DAEMONSET_WORKERS);
+    start_workload!(disruption, "disruption", DISRUPTION_WORKERS);
+    start_workload!(statefulset, "statefulset", STATEFULSET_WORKERS);
+    start_workload!(endpoints, "endpointslice", ENDPOINTS_WORKERS);
     let nl = node_lifecycle::Controller::new(
         registry.clone(),
         opts.clone(),
@@ -149,29 +174,66 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the HorizontalPodAutoscaler controller, which reads metrics from
+/// the node agents (`kubelets`) and pods' own metrics endpoints; it syncs
+/// every HPA each [`hpa::sync_period`].
+pub async fn start_autoscaling(
+    registry: Arc<Registry>,
+    kubelets: Arc<kobune_apiserver::kubelet::Kubelets>,
+) -> anyhow::Result<()> {
+    let opts = Arc::new(WriteOptions {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    });
+    let ctl = hpa::Controller::new(registry, kubelets, opts)?;
+    ctl.start(hpa::sync_period())?;
+    let c = ctl.clone();
+    tokio::spawn(run_controller(
+        "horizontal-pod-autoscaler",
+        ctl.queue.clone(),
+        move |key: String| {
+            let c = c.clone();
+            async move { c.sync(&key).await.map(|_| None) }
+        },
+        HPA_WORKERS,
+    ));
+    Ok(())
+}
+
+/// Starts the local-path provisioner (volumes under `storage_root`) after
+/// making sure the default StorageClass exists.
+pub async fn start_local_path(
+    registry: Arc<Registry>,
+    storage_root: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let opts = Arc::new(WriteOptions {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    });
+    local_path::ensure_default_class(&registry, &opts).await?;
+    let ctl = local_path::Controller::new(registry, opts, storage_root)?;
+    ctl.start_informers()?;
+    let c = ctl.clone();
+    tokio::spawn(run_controller(
+        "local-path",
+        ctl.queue.clone(),
+        move |key: String| {
+            let c = c.clone();
+            async move { c.sync(&key).await }
+        },
+        LOCAL_PATH_WORKERS,
+    ));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kobune_apiserver::cache::{Cache, EventType};
+    use crate::runtime::test_support::{eventually, registry};
+    use kobune_apiserver::cache::EventType;
     use kobune_apiserver::registry::{DeleteOptions, Registry};
-    use kobune_apiserver::resources::Resources;
-    use kobune_store::Store;
     use serde_json::{json, Value};
     use std::time::Duration;
-
-    async fn registry(dir: &std::path::Path) -> Arc<Registry> {
-        let store: Arc<dyn Store> =
-            Arc::new(kobune_store::sqlite::SqliteStore::open(&dir.join("db.sqlite")).unwrap());
-        let cache = Cache::start(store.clone(), kobune_apiserver::cache::DEFAULT_HISTORY)
-            .await
-            .unwrap();
-        Arc::new(Registry {
-            store,
-            cache,
-            resources: Arc::new(Resources::new()),
-            service_cidr: ("10.43.0.0".parse().unwrap(), 16),
-        })
-    }
 
     fn opts() -> WriteOptions {
         WriteOptions {
@@ -220,17 +282,6 @@ mod tests {
             ..Default::default()
         };
         reg.delete(&info, Some(ns), name, &del).await.unwrap();
-    }
-
-    async fn eventually(what: &str, f: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !f() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,11 +311,7 @@ impl Controller {
         opts: Arc<WriteOptions>,
         grace: Duration,
     ) -> anyhow::Result<Arc<Controller>> {
-        let find = |g: &str, p: &str| {
-            reg.resources
-                .find(g, "v1", p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
+        let find = |g: &str, p: &str| crate::runtime::served(&reg, g, "v1", p);
         let (node_info, pod_info, lease_info) = (
             find("", "nodes")?,
             find("", "pods")?,

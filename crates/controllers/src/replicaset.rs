@@ -444,12 +444,7 @@ impl Controller {
             self.expectations.forget(key);
             return Ok(None);
         };
-        let pods: Vec<Arc<Value>> = self
-            .pods
-            .by_index(BY_NAMESPACE, ns)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        let pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_NAMESPACE, ns);
         let plan = plan(&rs, &pods, self.expectations.satisfied(key), now_secs());
         for p in &plan.adopt {
             self.set_owner(p, Some(controller_owner_ref("apps/v1", "ReplicaSet", &rs)))
@@ -507,27 +502,7 @@ impl Controller {
         } else {
             status["conditions"] = json!(conds);
         }
-        if rs.get("status") != Some(&status) {
-            let mut updated = (*rs).clone();
-            updated["status"] = status;
-            match self
-                .reg
-                .update(
-                    &self.rs_info,
-                    Some(ns),
-                    n,
-                    updated,
-                    &self.opts,
-                    Some("status"),
-                )
-                .await
-            {
-                Err(e) if e.code == 404 => {}
-                r => {
-                    r?;
-                }
-            }
-        }
+        update_status_if_changed(&self.reg, &self.rs_info, &rs, status, &self.opts, &[404]).await?;
         if let Some(e) = failure {
             anyhow::bail!("{e}");
         }
@@ -538,6 +513,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::test_support::{eventually, registry};
 
     fn rs(replicas: i64) -> Value {
         json!({"metadata": {"name": "web", "namespace": "d", "uid": "rs1", "generation": 2},
@@ -669,29 +645,6 @@ mod tests {
             true
         );
         assert_eq!(p["spec"]["containers"][0]["image"], "x");
-    }
-
-    async fn registry(dir: &std::path::Path) -> Arc<Registry> {
-        use kobune_apiserver::cache::Cache;
-        let store: Arc<dyn kobune_store::Store> =
-            Arc::new(kobune_store::sqlite::SqliteStore::open(&dir.join("db.sqlite")).unwrap());
-        let cache = Cache::start(store.clone(), kobune_apiserver::cache::DEFAULT_HISTORY)
-            .await
-            .unwrap();
-        Arc::new(Registry {
-            store,
-            cache,
-            resources: Arc::new(kobune_apiserver::resources::Resources::new()),
-            service_cidr: ("10.43.0.0".parse().unwrap(), 16),
-        })
-    }
-
-    async fn eventually(what: &str, f: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,28 @@
 //! prefix, kept current from the watch cache), a [`WorkQueue`] of keys and
 //! [`run_controller`], which drives a reconcile function over that queue.
 
-use kobune_apimachinery::ApiError;
+use kobune_apimachinery::{ApiError, ResourceInfo};
 use kobune_apiserver::cache::{Cache, CacheEvent, EventType};
+use kobune_apiserver::registry::Registry;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
+
+/// The resource `group/version/plural`, or an error naming it when the
+/// server does not serve it.
+pub fn served(
+    reg: &Registry,
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> anyhow::Result<Arc<ResourceInfo>> {
+    reg.resources
+        .find(group, version, plural)
+        .ok_or_else(|| anyhow::anyhow!("{plural} not served"))
+}
 
 // ---------------------------------------------------------------------------
 // Informer
@@ -88,6 +102,14 @@ impl Informer {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The objects [`Informer::by_index`] finds, without their keys.
+    pub fn objects_by_index(&self, index: &str, value: &str) -> Vec<Arc<Value>> {
+        self.by_index(index, value)
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
     }
 
     /// Adds or replaces an object (also how tests build snapshots).
@@ -459,6 +481,45 @@ pub async fn run_controller<F, Fut>(
         let _ = h.await;
     }
     tracing::info!(controller = name, "stopped");
+}
+
+/// Helpers the controllers' tests share: a real registry on a SQLite store
+/// in a temporary directory, and polling until a condition holds.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use kobune_apiserver::cache::Cache;
+    use kobune_apiserver::registry::Registry;
+    use kobune_apiserver::resources::Resources;
+    use kobune_store::Store;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A registry over a fresh SQLite store in `dir`.
+    pub async fn registry(dir: &std::path::Path) -> Arc<Registry> {
+        let store: Arc<dyn Store> =
+            Arc::new(kobune_store::sqlite::SqliteStore::open(&dir.join("db.sqlite")).unwrap());
+        let cache = Cache::start(store.clone(), kobune_apiserver::cache::DEFAULT_HISTORY)
+            .await
+            .unwrap();
+        Arc::new(Registry {
+            store,
+            cache,
+            resources: Arc::new(Resources::new()),
+            service_cidr: ("10.43.0.0".parse().unwrap(), 16),
+        })
+    }
+
+    /// Polls `f` every 20ms; panics naming `what` after 15s.
+    pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //! [`crate::deployment`]) share: object accessors, controller references,
 //! selectors, pod readiness, and event recording.
 
+use crate::runtime::Informer;
 use kobune_apimachinery::selectors::Selector;
-use kobune_apiserver::registry::{Registry, WriteOptions};
+use kobune_apimachinery::{ApiError, ResourceInfo};
+use kobune_apiserver::registry::{PatchKind, Registry, WriteOptions};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Index: namespace -> keys of the objects in it.
 pub const BY_NAMESPACE: &str = "namespace";
@@ -267,6 +270,114 @@ pub fn controller_key(o: &Value, kind: &str) -> Option<String> {
             r.get("name").and_then(Value::as_str).unwrap_or_default()
         )
     })
+}
+
+/// Writes `status` through the status subresource of `obj` when it differs
+/// from the current one. Errors whose code is in `ignore` (404: the object
+/// is gone; 409: it changed meanwhile, the next sync writes again) are not
+/// errors.
+pub async fn update_status_if_changed(
+    reg: &Registry,
+    info: &ResourceInfo,
+    obj: &Value,
+    status: Value,
+    opts: &WriteOptions,
+    ignore: &[u16],
+) -> Result<(), ApiError> {
+    if obj.get("status") == Some(&status) {
+        return Ok(());
+    }
+    let mut updated = obj.clone();
+    updated["status"] = status;
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    match reg
+        .update(info, ns, name(obj), updated, opts, Some("status"))
+        .await
+    {
+        Err(e) if ignore.contains(&e.code) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// The ControllerRevisions `revisions` (indexed by [`BY_CONTROLLER`])
+/// holds for the owner `owner_uid`, oldest first, and the highest
+/// revision number (0 when there are none).
+pub fn owned_revisions(revisions: &Informer, owner_uid: &str) -> (Vec<Arc<Value>>, i64) {
+    let mut owned: Vec<Arc<Value>> = revisions.objects_by_index(BY_CONTROLLER, owner_uid);
+    owned.sort_by_key(|r| i64_at(r, "/revision"));
+    let max = owned.last().map(|r| i64_at(r, "/revision")).unwrap_or(0);
+    (owned, max)
+}
+
+/// A new ControllerRevision `rev_name` of `owner` (an apps/v1 `kind`),
+/// labelled like the owner's pod template plus
+/// `controller-revision-hash: hash`.
+pub fn new_revision(
+    owner: &Value,
+    kind: &str,
+    rev_name: &str,
+    hash: &str,
+    data: &Value,
+    revision: i64,
+) -> Value {
+    let mut labels = owner
+        .pointer("/spec/template/metadata/labels")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or(json!({}));
+    labels["controller-revision-hash"] = json!(hash);
+    json!({
+        "apiVersion": "apps/v1", "kind": "ControllerRevision",
+        "metadata": {"name": rev_name, "namespace": namespace(owner), "labels": labels,
+                     "ownerReferences": [controller_owner_ref("apps/v1", kind, owner)]},
+        "data": data, "revision": revision,
+    })
+}
+
+/// Makes a reused older ControllerRevision the newest one (`max` + 1).
+pub async fn renumber_revision(
+    reg: &Registry,
+    cr_info: &ResourceInfo,
+    rev: &Value,
+    max: i64,
+    opts: &WriteOptions,
+) -> Result<(), ApiError> {
+    if i64_at(rev, "/revision") < max {
+        let patch = json!({"revision": max + 1});
+        let ns = rev.pointer("/metadata/namespace").and_then(Value::as_str);
+        reg.patch(cr_info, ns, name(rev), PatchKind::Merge, &patch, opts, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A ControllerRevision name taken by a different template: counts the
+/// collision in the owner's status (so the next sync hashes differently)
+/// and returns the error that makes the sync retry.
+pub async fn revision_collision(
+    reg: &Registry,
+    owner_info: &ResourceInfo,
+    owner: &Value,
+    collision: Option<i64>,
+    opts: &WriteOptions,
+) -> anyhow::Error {
+    let patch = json!({"status": {"collisionCount": collision.unwrap_or(0) + 1}});
+    let ns = owner.pointer("/metadata/namespace").and_then(Value::as_str);
+    match reg
+        .patch(
+            owner_info,
+            ns,
+            name(owner),
+            PatchKind::Merge,
+            &patch,
+            opts,
+            Some("status"),
+        )
+        .await
+    {
+        Ok(_) => anyhow::anyhow!("controllerrevision hash collision"),
+        Err(e) => e.into(),
+    }
 }
 
 #[cfg(test)]

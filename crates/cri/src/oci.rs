@@ -234,8 +234,18 @@ pub fn build_layer(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
     Ok(tar.finish())
 }
 
-/// Builds the whole OCI archive for one image.
-pub fn build_archive(def: &ImageDef) -> anyhow::Result<OciArchive> {
+/// One image's blobs and its `index.json` entry.
+struct ImageBlobs {
+    layer: Vec<u8>,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    index_entry: serde_json::Value,
+    manifest_digest: String,
+    config_digest: String,
+    layer_digest: String,
+}
+
+fn image_blobs(def: &ImageDef) -> anyhow::Result<ImageBlobs> {
     let layer = build_layer(&def.entries)?;
     let layer_digest = sha256_digest(&layer);
 
@@ -286,31 +296,45 @@ pub fn build_archive(def: &ImageDef) -> anyhow::Result<OciArchive> {
         .filter(|(_, t)| !t.contains('/'))
         .map(|(_, t)| t.to_string())
         .unwrap_or_else(|| "latest".into());
+    let index_entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "annotations": {
+            "io.containerd.image.name": def.name,
+            "org.opencontainers.image.ref.name": tag,
+        },
+        "platform": {"architecture": oci_arch(), "os": "linux"},
+    });
+    Ok(ImageBlobs {
+        layer,
+        config,
+        manifest,
+        index_entry,
+        manifest_digest,
+        config_digest,
+        layer_digest,
+    })
+}
+
+/// Packs images into one archive: blobs shared between images are stored
+/// once, and `index.json` lists every image in the given order.
+fn pack(images: &[ImageBlobs]) -> anyhow::Result<Vec<u8>> {
     let index = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {
-                "io.containerd.image.name": def.name,
-                "org.opencontainers.image.ref.name": tag,
-            },
-            "platform": {"architecture": oci_arch(), "os": "linux"},
-        }],
+        "manifests": images.iter().map(|i| i.index_entry.clone()).collect::<Vec<_>>(),
     });
     let index = serde_json::to_vec(&index)?;
-
+    let mut blobs: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    for i in images {
+        blobs.insert(&i.layer_digest, &i.layer);
+        blobs.insert(&i.config_digest, &i.config);
+        blobs.insert(&i.manifest_digest, &i.manifest);
+    }
     let mut tar = TarWriter::new();
     tar.append("blobs/", 0o755, TarKind::Dir)?;
     tar.append("blobs/sha256/", 0o755, TarKind::Dir)?;
-    let mut blobs = [
-        (&layer_digest, &layer),
-        (&config_digest, &config),
-        (&manifest_digest, &manifest),
-    ];
-    blobs.sort_by(|a, b| a.0.cmp(b.0));
     for (digest, data) in blobs {
         let hex = digest.trim_start_matches("sha256:");
         tar.append(&format!("blobs/sha256/{hex}"), 0o644, TarKind::File(data))?;
@@ -321,12 +345,39 @@ pub fn build_archive(def: &ImageDef) -> anyhow::Result<OciArchive> {
         0o644,
         TarKind::File(br#"{"imageLayoutVersion":"1.0.0"}"#),
     )?;
+    Ok(tar.finish())
+}
+
+/// Builds the whole OCI archive for one image.
+pub fn build_archive(def: &ImageDef) -> anyhow::Result<OciArchive> {
+    let b = image_blobs(def)?;
     Ok(OciArchive {
-        bytes: tar.finish(),
-        manifest_digest,
-        config_digest,
-        layer_digest,
+        bytes: pack(std::slice::from_ref(&b))?,
+        manifest_digest: b.manifest_digest,
+        config_digest: b.config_digest,
+        layer_digest: b.layer_digest,
     })
+}
+
+/// Builds one OCI archive holding several images (one `ctr images import`
+/// imports them all). Returns the archive and each image's digests (with
+/// `bytes` left empty).
+pub fn build_multi_archive(defs: &[ImageDef]) -> anyhow::Result<(Vec<u8>, Vec<OciArchive>)> {
+    let blobs = defs
+        .iter()
+        .map(image_blobs)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bytes = pack(&blobs)?;
+    let digests = blobs
+        .into_iter()
+        .map(|b| OciArchive {
+            bytes: vec![],
+            manifest_digest: b.manifest_digest,
+            config_digest: b.config_digest,
+            layer_digest: b.layer_digest,
+        })
+        .collect();
+    Ok((bytes, digests))
 }
 
 #[cfg(test)]
@@ -403,5 +454,24 @@ mod tests {
         let (n, p) = split_name(&long).unwrap();
         assert_eq!(n, "b".repeat(60));
         assert_eq!(p, "a".repeat(80));
+    }
+
+    #[test]
+    fn multi_archive_shares_blobs() {
+        let a = def();
+        let mut b = def();
+        b.name = "kobune.local/test:2".into();
+        b.env = vec!["VERSION=2".into()];
+        let (bytes, digests) = build_multi_archive(&[a.clone(), b]).unwrap();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[0].layer_digest, digests[1].layer_digest);
+        assert_ne!(digests[0].config_digest, digests[1].config_digest);
+        let single = build_archive(&a).unwrap();
+        assert_eq!(single.manifest_digest, digests[0].manifest_digest);
+        // The shared layer is stored once: the multi archive is smaller
+        // than two single ones.
+        assert!(bytes.len() < 2 * single.bytes.len());
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("kobune.local/test:1") && text.contains("kobune.local/test:2"));
     }
 }

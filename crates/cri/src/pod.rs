@@ -11,7 +11,8 @@
 //! CRI mounts. The node agent prepares volume directories and passes their
 //! host paths in the pod JSON under [`VOLUME_PATHS_KEY`] (volume name ->
 //! host path); hostPath volumes need no preparation. Probes and lifecycle
-//! hooks are the agent's job ([`Cri::exec_sync`]). Not yet: DNS config.
+//! hooks are the agent's job ([`Cri::exec_sync`]). The sandbox's resolv.conf
+//! comes from the agent under [`DNS_CONFIG_KEY`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -358,7 +359,13 @@ pub fn container_log_path(name: &str, attempt: u32) -> String {
 pub fn sandbox_config(pod: &Value, log_root: &Path) -> anyhow::Result<cri::PodSandboxConfig> {
     let (ns, name, uid) = pod_meta(pod)?;
     let spec = &pod["spec"];
-    let mut hostname = s(spec, &["hostname"]).unwrap_or(&name).to_string();
+    // As the kubelet: a hostNetwork pod keeps the node's host name (runc
+    // cannot set one without a private UTS namespace).
+    let mut hostname = if bool_at(spec, &["hostNetwork"]) {
+        String::new()
+    } else {
+        s(spec, &["hostname"]).unwrap_or(&name).to_string()
+    };
     hostname.truncate(63);
     let mut port_mappings = vec![];
     for c in all_containers(pod) {
@@ -396,7 +403,7 @@ pub fn sandbox_config(pod: &Value, log_root: &Path) -> anyhow::Result<cri::PodSa
         log_directory: pod_log_dir(log_root, &ns, &name, &uid)
             .to_string_lossy()
             .into_owned(),
-        dns_config: None,
+        dns_config: dns_config(pod),
         port_mappings,
         labels,
         annotations: string_map(pod["metadata"].get("annotations")),
@@ -503,6 +510,54 @@ fn field_ref(pod: &Value, path: &str, pod_ip: Option<&str>) -> Option<String> {
 /// names to prepared host paths (set by the node agent, never stored).
 pub const VOLUME_PATHS_KEY: &str = "__kobuneVolumePaths";
 
+/// Top-level key of the pod JSON given to [`run_pod`] with the sandbox's
+/// DNS config, `{"servers": [..], "searches": [..], "options": [..]}`, as
+/// the node agent forms it from dnsPolicy/dnsConfig (never stored). Absent:
+/// the runtime copies the host's resolv.conf.
+pub const DNS_CONFIG_KEY: &str = "__kobuneDnsConfig";
+
+/// Top-level key of the pod JSON given to [`run_pod`] for the
+/// kubelet-managed `/etc/hosts`: `{"path": .., "head": .., "names": ..,
+/// "tail": ..}` (set by the node agent, never stored). Once the sandbox has
+/// its IP the file at `path` becomes `head`, then `<podIP>\t<names>` when
+/// `names` is not empty, then `tail`; every container without its own
+/// `/etc/hosts` mount gets it mounted there.
+pub const ETC_HOSTS_KEY: &str = "__kobuneEtcHosts";
+
+/// Writes the pod's managed hosts file (see [`ETC_HOSTS_KEY`]).
+pub fn write_etc_hosts(pod: &Value, pod_ip: Option<&str>) -> anyhow::Result<()> {
+    let Some(h) = pod.get(ETC_HOSTS_KEY) else {
+        return Ok(());
+    };
+    let path = Path::new(s(h, &["path"]).context("etc-hosts path")?);
+    let mut text = s(h, &["head"]).unwrap_or_default().to_string();
+    let names = s(h, &["names"]).unwrap_or_default();
+    if let (Some(ip), false) = (pod_ip, names.is_empty()) {
+        text.push_str(&format!("{ip}\t{names}\n"));
+    }
+    text.push_str(s(h, &["tail"]).unwrap_or_default());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn dns_config(pod: &Value) -> Option<cri::DnsConfig> {
+    let c = pod.get(DNS_CONFIG_KEY)?;
+    let list = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    Some(cri::DnsConfig {
+        servers: list("servers"),
+        searches: list("searches"),
+        options: list("options"),
+    })
+}
+
 /// CRI mounts for a container's `volumeMounts`. A subPath that does not
 /// exist yet is created as a directory (as the kubelet does).
 pub fn container_mounts(pod: &Value, container: &Value) -> anyhow::Result<Vec<cri::Mount>> {
@@ -554,6 +609,15 @@ pub fn container_mounts(pod: &Value, container: &Value) -> anyhow::Result<Vec<cr
             propagation: propagation as i32,
             ..Default::default()
         });
+    }
+    if let Some(path) = s(pod, &[ETC_HOSTS_KEY, "path"]) {
+        if !out.iter().any(|m| m.container_path == "/etc/hosts") {
+            out.push(cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: path.to_string(),
+                ..Default::default()
+            });
+        }
     }
     Ok(out)
 }
@@ -792,6 +856,7 @@ async fn start_containers(
         .context("sandbox disappeared")?;
     running.pod_ip = status.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
     let pod_ip = running.pod_ip.clone();
+    write_etc_hosts(pod, pod_ip.as_deref())?;
     for c in pod["spec"]["initContainers"]
         .as_array()
         .into_iter()
@@ -1129,6 +1194,24 @@ mod tests {
                 }]
             }
         })
+    }
+
+    #[test]
+    fn sandbox_dns_and_host_network_hostname() {
+        let mut p = pod();
+        assert_eq!(
+            sandbox_config(&p, Path::new("/l")).unwrap().dns_config,
+            None
+        );
+        p[DNS_CONFIG_KEY] = serde_json::json!({
+            "servers": ["10.43.0.10"], "searches": ["ns1.svc.cluster.local"], "options": ["ndots:5"]});
+        p["spec"]["hostNetwork"] = true.into();
+        let sb = sandbox_config(&p, Path::new("/l")).unwrap();
+        let dns = sb.dns_config.unwrap();
+        assert_eq!(dns.servers, ["10.43.0.10"]);
+        assert_eq!(dns.searches, ["ns1.svc.cluster.local"]);
+        assert_eq!(dns.options, ["ndots:5"]);
+        assert_eq!(sb.hostname, "");
     }
 
     #[test]

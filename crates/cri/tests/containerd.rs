@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kobune_cri::containerd::unmount_under;
-use kobune_cri::images::{import_builtin_images, BUSYBOX_IMAGE};
+use kobune_cri::images::{import_builtin_images, BUILTIN_IMAGES, BUSYBOX_IMAGE};
 use kobune_cri::pod::{self, remove_all_sandboxes, ContainerState};
 use kobune_cri::{CniConfig, Containerd, Cri};
 use serde_json::json;
@@ -67,7 +67,7 @@ impl Lab {
         let t = Instant::now();
         let imported = import_builtin_images(rt.socket()).await.expect("import");
         eprintln!("imported {imported:?} in {:?}", t.elapsed());
-        assert_eq!(imported.len(), 2);
+        assert_eq!(imported.len(), BUILTIN_IMAGES.len());
         // A second import is a no-op.
         assert!(import_builtin_images(rt.socket()).await.unwrap().is_empty());
         Lab {

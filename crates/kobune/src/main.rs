@@ -19,9 +19,140 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Command {
     /// Run the control plane: API server and datastore.
     Server(ServerArgs),
+    /// Images on this machine's node: import archives, list, export, remove.
+    Images(ImagesArgs),
+    /// Join a server as nodes over the network (for now: simulated nodes, --simulate N).
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct ImagesArgs {
+    /// The server's data directory (its containerd socket is
+    /// DATA_DIR/agent/containerd/containerd.sock).
+    #[arg(long, env = "KOBUNE_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: ImagesCommand,
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Import OCI or docker-archive tars; prints each imported image name.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the node's images (like `crictl images`).
+    #[command(alias = "list")]
+    Ls,
+    /// Write images to one OCI archive (also readable by `docker load` and
+    /// `skopeo copy oci-archive:FILE`).
+    #[command(alias = "save")]
+    Export {
+        file: PathBuf,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images from the node (like `crictl rmi`).
+    #[command(alias = "rmi")]
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+/// `kobune agent`: joins a server from another process or machine.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server to join, https://HOST[:PORT].
+    #[arg(long, env = "KOBUNE_URL")]
+    server: String,
+    /// The server's token (its --token, or DATA_DIR/tls/token on the server).
+    #[arg(long, env = "KOBUNE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token instead of --token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The cluster CA the server's certificate must chain to (DATA_DIR/tls/ca.crt on the server).
+    #[arg(long)]
+    server_ca: PathBuf,
+    /// Register N simulated nodes whose pods run without processes (like kwok).
+    #[arg(long, default_value_t = 0)]
+    simulate: usize,
+    /// Simulated nodes are named PREFIX-0 .. PREFIX-(N-1) (default: this machine's hostname).
+    #[arg(long)]
+    node_name_prefix: Option<String>,
+}
+
+async fn agent(args: AgentArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.simulate > 0,
+        "kobune agent runs simulated nodes (--simulate N); joining this machine's containerd as a remote node is not supported yet"
+    );
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token from {}", f.display()))?,
+        (None, None) => anyhow::bail!("pass the server's token with --token or --token-file"),
+    };
+    let ca = std::fs::read(&args.server_ca)
+        .with_context(|| format!("reading --server-ca {}", args.server_ca.display()))?;
+    let client = Arc::new(
+        kobune_agent::client::ApiClient::new(&args.server, &token, &ca)
+            .context("setting up the connection to the server")?,
+    );
+    let prefix = args.node_name_prefix.clone().unwrap_or_else(hostname);
+    let names = kobune_agent::remote::run_simulated(client.clone(), args.simulate, &prefix)
+        .await
+        .context("joining the server")?;
+    println!(
+        "joined {} with {} simulated nodes ({}..{})",
+        client.server(),
+        names.len(),
+        names.first().map(String::as_str).unwrap_or_default(),
+        names.last().map(String::as_str).unwrap_or_default()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: leaving; the nodes stay registered"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: leaving; the nodes stay registered"),
+    }
+    Ok(())
+}
+
+async fn images(args: ImagesArgs) -> Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let socket = data_dir
+        .join("agent")
+        .join("containerd")
+        .join("containerd.sock");
+    anyhow::ensure!(
+        socket.exists(),
+        "no containerd socket at {} (is `kobune server --data-dir {}` running with its node agent?)",
+        socket.display(),
+        data_dir.display()
+    );
+    use kobune_cri::images as img;
+    match args.command {
+        ImagesCommand::Import { files } => {
+            for name in img::import_files(&socket, &files).await? {
+                println!("{name}");
+            }
+        }
+        ImagesCommand::Ls => print!("{}", img::images_table(&img::list(&socket).await?)),
+        ImagesCommand::Export { file, images } => img::export(&socket, &file, &images).await?,
+        ImagesCommand::Rm { images } => {
+            img::remove(&socket, &images).await?;
+            for i in images {
+                println!("Deleted: {i}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Flags follow k3s's names where the concept is the same.
@@ -66,6 +197,25 @@ struct ServerArgs {
     /// Recent events kept so watches can resume (kube-apiserver's --default-watch-cache-size).
     #[arg(long, default_value_t = kobune_apiserver::cache::DEFAULT_HISTORY)]
     watch_cache_size: usize,
+    /// HTTP port of the built-in Ingress controller (0: no HTTP listener).
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// HTTPS port of the built-in Ingress controller (0: no HTTPS listener).
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
+    /// Run without the built-in Ingress controller (IngressClass `kobune`).
+    #[arg(long)]
+    disable_ingress: bool,
+    /// Cluster DNS Service IP (default: the 10th address of --service-cidr).
+    #[arg(long)]
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    /// Cluster domain.
+    #[arg(long, default_value = kobune_network::dns::DEFAULT_DOMAIN)]
+    cluster_domain: String,
+    /// Upstream nameservers of the cluster DNS, and the resolv.conf of dnsPolicy=Default pods
+    /// (default: /etc/resolv.conf, or systemd-resolved's when that names only loopback servers).
+    #[arg(long)]
+    resolv_conf: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -91,6 +241,16 @@ async fn server(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     kobune_apiserver::parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
+    let resolv_conf = args
+        .resolv_conf
+        .clone()
+        .unwrap_or_else(kobune_network::dns::default_resolv_conf);
+    let cluster_dns = match args.cluster_dns {
+        Some(ip) => ip,
+        None => {
+            kobune_network::dns::cluster_dns_ip(&args.service_cidr).context("--service-cidr")?
+        }
+    };
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     let store = kobune_store::open(
         &args.datastore_endpoint,
@@ -116,8 +276,48 @@ async fn server(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let server = Arc::new(kobune_apiserver::ApiServer::new(&cfg, store).await?);
-    kobune_controllers::start(server.registry.clone()).await?;
-    kobune_scheduler::start(server.registry.clone()).await?;
+    // Controllers and scheduler run only while this server holds the
+    // kube-system/kobune-controllers Lease (several servers may share etcd).
+    let leader = {
+        let reg = server.registry.clone();
+        let storage = data_dir.join("storage");
+        let kubelets = server.kubelets.clone();
+        let start: kobune_controllers::leader::StartFn = Arc::new(move || {
+            let (reg, storage, kubelets) = (reg.clone(), storage.clone(), kubelets.clone());
+            Box::pin(async move {
+                kobune_controllers::start(reg.clone()).await?;
+                kobune_controllers::start_local_path(reg.clone(), storage).await?;
+                kobune_controllers::start_autoscaling(reg.clone(), kubelets).await?;
+                kobune_scheduler::start(reg).await
+            })
+        });
+        let identity = args.node_name.clone().unwrap_or_else(hostname);
+        kobune_controllers::leader::start_leading(server.registry.clone(), &identity, start).await?
+    };
+    let reg = server.registry.clone();
+    kobune_agent::volumes::set_claim_resolver(Arc::new(move |ns: &str, claim: &str| {
+        kobune_controllers::local_path::claim_path(&reg, ns, claim)
+    }));
+    if !args.disable_ingress {
+        let node_name =
+            (!args.disable_agent).then(|| args.node_name.clone().unwrap_or_else(hostname));
+        let fallback_ip = if args.bind_address.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            args.bind_address.to_string()
+        };
+        kobune_network::ingress::start(
+            server.registry.clone(),
+            kobune_network::ingress::Config {
+                http: SocketAddr::new(args.bind_address, args.ingress_http_port),
+                https: SocketAddr::new(args.bind_address, args.ingress_https_port),
+                node_name,
+                fallback_ip,
+            },
+        )
+        .await
+        .context("starting the Ingress controller")?;
+    }
     if args.simulate_nodes > 0 {
         kobune_agent::start_simulated(server.registry.clone(), args.simulate_nodes, "sim").await?;
         println!(
@@ -152,6 +352,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     }
     std::fs::rename(&tmp, &kubeconfig)?;
+    let mut dns_server = None;
     let node = if args.disable_agent {
         None
     } else {
@@ -162,7 +363,16 @@ async fn server(args: ServerArgs) -> Result<()> {
             data_dir: data_dir.join("agent"),
             pod_cidr,
             cri_socket: None,
+            dns: kobune_agent::dns::PodDnsSettings {
+                cluster_dns: vec![cluster_dns.to_string()],
+                cluster_domain: args.cluster_domain.clone(),
+                resolv_conf: Some(resolv_conf.clone()),
+            },
         };
+        let dns_ip = kobune_network::dns::gateway_of(&cfg.pod_cidr)?;
+        let dns_prefix: u8 = (cfg.pod_cidr.split('/').nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(24);
         let handle = kobune_agent::start_node(server.registry.clone(), server.kubelets.clone(), cfg)
             .await
             .with_context(|| {
@@ -172,7 +382,65 @@ async fn server(args: ServerArgs) -> Result<()> {
             "node {name} ready (containerd under {})",
             data_dir.join("agent").display()
         );
+        // Cluster DNS on the pod network's gateway, behind kube-system/kube-dns.
+        let bridge = kobune_agent::node::BRIDGE;
+        if let Err(e) = kobune_network::dns::ensure_bridge(bridge, dns_ip, dns_prefix) {
+            tracing::warn!("preparing bridge {bridge}: {e:#}");
+        }
+        let dns = kobune_network::dns::start(
+            server.registry.clone(),
+            kobune_network::dns::DnsConfig {
+                listen: SocketAddr::new(dns_ip.into(), 53),
+                domain: args.cluster_domain.clone(),
+                resolv_conf: resolv_conf.clone(),
+            },
+        )
+        .await
+        .context("starting cluster DNS")?;
+        dns_server = Some(dns);
+        // Usually done at once; otherwise it keeps retrying in the background.
+        let mut ensure = tokio::spawn(kobune_network::dns::ensure_kube_dns_retrying(
+            server.registry.clone(),
+            cluster_dns,
+            name.clone(),
+            dns_ip,
+        ));
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut ensure)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Service kube-system/kube-dns not created within 10s; still trying");
+        }
         Some(handle)
+    };
+    // The service proxy (kube-proxy's role) runs where the node agent runs.
+    let proxy = match &node {
+        None => None,
+        Some(_) => {
+            let cfg = kobune_network::proxy::ProxyConfig {
+                node_name: args.node_name.clone().unwrap_or_else(hostname),
+                cluster_cidr: args.cluster_cidr.clone(),
+                service_cidr: args.service_cidr.clone(),
+                bridge: kobune_agent::node::BRIDGE.into(),
+            };
+            let proxy = kobune_network::proxy::Proxy::start(server.registry.clone(), cfg)
+                .await
+                .context("starting the service proxy (needs root and iptables)")?;
+            Some(proxy)
+        }
+    };
+    // NetworkPolicy enforcement for this node's pods; started after the
+    // proxy, whose start flushes every KOBUNE- chain.
+    let netpol = match &proxy {
+        None => None,
+        Some(_) => Some(
+            kobune_network::netpol::NetworkPolicies::start(
+                server.registry.clone(),
+                args.node_name.clone().unwrap_or_else(hostname),
+            )
+            .await
+            .context("starting network policy enforcement (needs root and iptables)")?,
+        ),
     };
     println!(
         "kobune server ready in {} ms: https://{host}:{} ({backend} datastore in {})",
@@ -188,6 +456,18 @@ async fn server(args: ServerArgs) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
         r = serve => { r??; }
+    }
+    leader.shutdown().await;
+    if let Some(mut dns) = dns_server {
+        dns.stop();
+    }
+    if let Some(netpol) = netpol {
+        // Remove the KOBUNE-NETPOL chains and their jumps.
+        netpol.shutdown().await;
+    }
+    if let Some(proxy) = proxy {
+        // Remove every KOBUNE- chain, jump and the service route.
+        proxy.shutdown().await;
     }
     if let Some(node) = node {
         // Stop this node's pods so nothing is left running after the server.
@@ -231,5 +511,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Server(args) => rt.block_on(server(args)),
+        Command::Images(args) => rt.block_on(images(args)),
+        Command::Agent(args) => rt.block_on(agent(args)),
     }
 }

@@ -18,8 +18,15 @@ pub struct ClusterState {
     assumed: HashSet<String>,
 }
 
-fn relevant(n: &NodeInfo) -> impl PartialEq + '_ {
-    (&n.labels, n.allocatable, n.unschedulable, &n.taints)
+/// What scheduling decisions depend on, copied out of a node (its pods
+/// are not: cloning them on every node status write was the old cost).
+fn relevant(n: &NodeInfo) -> impl PartialEq {
+    (
+        n.labels.clone(),
+        n.allocatable,
+        n.unschedulable,
+        n.taints.clone(),
+    )
 }
 
 impl ClusterState {
@@ -33,15 +40,14 @@ impl ClusterState {
             .to_string();
         match self.nodes.get_mut(&name) {
             Some(n) => {
-                let before = n.clone();
+                let before = relevant(n);
                 let existed = n.exists;
                 n.set_node(node);
                 if !existed {
                     self.order.push(name);
                     return true;
                 }
-                let changed = relevant(&before) != relevant(n);
-                changed
+                before != relevant(n)
             }
             None => {
                 self.nodes.insert(name.clone(), NodeInfo::from_value(node));
@@ -123,5 +129,37 @@ impl ClusterState {
 
     pub fn node_of(&self, key: &str) -> Option<&str> {
         self.pod_node.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(labels: Value) -> Value {
+        json!({"metadata": {"name": "n1", "labels": labels},
+               "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}})
+    }
+
+    #[test]
+    fn upsert_node_reports_only_relevant_changes_and_keeps_pods() {
+        let mut c = ClusterState::default();
+        assert!(c.upsert_node(&node(json!({"a": "1"}))));
+        let pod = json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"},
+                         "spec": {"nodeName": "n1", "containers": [{"name": "c",
+                           "resources": {"requests": {"cpu": "1"}}}]}});
+        c.confirm(
+            Arc::new(PodInfo::from_value("/registry/core/pods/d/p", &pod)),
+            "n1",
+        );
+        // The same node written again (a heartbeat): nothing to retry.
+        assert!(!c.upsert_node(&node(json!({"a": "1"}))));
+        assert!(c.upsert_node(&node(json!({"a": "2"}))));
+        let n = &c.nodes["n1"];
+        assert_eq!(n.pods.len(), 1);
+        assert_eq!(n.requested.milli_cpu, 1000);
+        assert_eq!(c.order, vec!["n1".to_string()]);
+        assert_eq!(c.node_of("/registry/core/pods/d/p"), Some("n1"));
     }
 }

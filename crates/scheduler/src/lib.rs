@@ -15,6 +15,7 @@ pub mod plugins;
 pub mod quantity;
 pub mod queue;
 pub mod types;
+pub mod volumes;
 
 use cluster::ClusterState;
 use kobune_apimachinery::ResourceInfo;
@@ -27,7 +28,7 @@ use queue::SchedulingQueue;
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use types::{NodeInfo, PodInfo, DEFAULT_SCHEDULER};
 
@@ -206,6 +207,10 @@ pub struct Scheduler {
     opts: WriteOptions,
     writes: Arc<tokio::sync::Semaphore>,
     recorded: Mutex<HashMap<String, EventRecord>>,
+    /// Scheduling cycles run, and the time spent in them (filter, score,
+    /// assume; not binding), for timing logs and benchmarks.
+    pub cycles: AtomicU64,
+    pub cycle_nanos: AtomicU64,
 }
 
 fn spec_or_labels_changed(ev: &CacheEvent) -> bool {
@@ -245,6 +250,8 @@ impl Scheduler {
             },
             writes: Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY)),
             recorded: Mutex::default(),
+            cycles: AtomicU64::new(0),
+            cycle_nanos: AtomicU64::new(0),
         })
     }
 
@@ -278,6 +285,9 @@ impl Scheduler {
             }
             return;
         }
+        if self.already_placed(ev) {
+            return;
+        }
         let pod = Arc::new(PodInfo::from_value(&ev.key, &ev.object));
         if !pod.node_name.is_empty() {
             self.queue.delete(&ev.key);
@@ -305,6 +315,33 @@ impl Scheduler {
         self.queue.add_or_update(pod, spec_or_labels_changed(ev));
     }
 
+    /// True for an update of a pod whose placement is already confirmed in
+    /// the cache when nothing the cache keeps about it changed (the common
+    /// case: kubelet status writes), so the event needs no parsing at all.
+    fn already_placed(&self, ev: &CacheEvent) -> bool {
+        let Some(prev) = &ev.prev else {
+            return false;
+        };
+        let obj = &ev.object;
+        let node = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if node.is_empty() || spec_or_labels_changed(ev) {
+            return false;
+        }
+        let same = |p: &str| prev.pointer(p) == obj.pointer(p);
+        let terminal = matches!(
+            obj.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if terminal || !same("/metadata/deletionTimestamp") || !same("/metadata/ownerReferences") {
+            return false;
+        }
+        let cl = self.cluster();
+        cl.node_of(&ev.key) == Some(node) && !cl.is_assumed(&ev.key)
+    }
+
     /// The scheduling loop; runs until the queue closes.
     pub async fn run(self: Arc<Self>) {
         let mut n = 0u64;
@@ -314,6 +351,23 @@ impl Scheduler {
                 n = 0;
                 tokio::task::yield_now().await;
             }
+            let started = std::time::Instant::now();
+            // Claims: missing or unbound-immediate ones make the pod
+            // unschedulable; bound volumes' node affinity narrows the nodes.
+            let pod = match volumes::constrain(&self.registry, &pod) {
+                Ok(Some(p)) => Arc::new(p),
+                Ok(None) => pod,
+                Err(why) => {
+                    self.queue.unschedulable(&pod.key, cycle);
+                    let msg = format!(
+                        "0/{} nodes are available: {why}.",
+                        self.cluster().order.len()
+                    );
+                    let s = self.clone();
+                    tokio::spawn(async move { s.record_failure(pod, msg).await });
+                    continue;
+                }
+            };
             let result = {
                 let mut cl = self.cluster();
                 let r = self.framework.schedule(&pod, &cl);
@@ -322,6 +376,18 @@ impl Scheduler {
                 }
                 r
             };
+            let total = self.cycles.fetch_add(1, Ordering::Relaxed) + 1;
+            let nanos = self
+                .cycle_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if total.is_multiple_of(1000) {
+                tracing::debug!(
+                    cycles = total,
+                    avg_us = nanos / total / 1000,
+                    nodes = self.cluster().order.len(),
+                    "scheduling cycles"
+                );
+            }
             match result {
                 Ok(node) => {
                     self.queue.assumed(&pod.key);
@@ -544,6 +610,19 @@ pub async fn start_scheduler(registry: Arc<Registry>) -> anyhow::Result<Arc<Sche
     let pods = Arc::new(Informer::new(PODS_PREFIX));
     let s = sched.clone();
     pods.start(&registry.cache, move |_, ev| s.on_pod_event(ev))?;
+    // Claims and volumes appearing or getting bound can make pods fit.
+    for (group, plural) in [("", "persistentvolumeclaims"), ("", "persistentvolumes")] {
+        let Some(info) = registry.resources.find(group, "v1", plural) else {
+            continue;
+        };
+        let inf = Arc::new(Informer::new(info.key_prefix()));
+        let s = sched.clone();
+        inf.start(&registry.cache, move |_, ev| {
+            if ev.kind != EventType::Deleted {
+                s.queue.move_all();
+            }
+        })?;
+    }
     tokio::spawn(sched.clone().run());
     tracing::info!("scheduler started");
     Ok(sched)

@@ -165,12 +165,17 @@ impl FilterPlugin for NodeUnschedulable {
         "NodeUnschedulable"
     }
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Reasons> {
+        // Hot path (every node, every cycle): nothing to build for a
+        // schedulable node.
+        if !node.unschedulable {
+            return Ok(());
+        }
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             value: String::new(),
             effect: "NoSchedule".into(),
         };
-        if node.unschedulable && !tolerated(&pod.tolerations, &taint) {
+        if !tolerated(&pod.tolerations, &taint) {
             fail(ERR_UNSCHEDULABLE)
         } else {
             Ok(())
@@ -205,6 +210,9 @@ impl ScorePlugin for TaintToleration {
         3
     }
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        if !node.taints.iter().any(|t| t.effect == "PreferNoSchedule") {
+            return 0;
+        }
         let tols: Vec<_> = pod
             .tolerations
             .iter()
@@ -615,6 +623,32 @@ mod tests {
             json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}),
         );
         assert!(check(&NodeUnschedulable, &tol, &cordoned).is_ok());
+    }
+
+    #[test]
+    fn prefer_no_schedule_taints_score() {
+        let st = CycleState::default();
+        let plain = node("a", json!({}));
+        let hard = node(
+            "b",
+            json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}}),
+        );
+        let soft = node(
+            "c",
+            json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "PreferNoSchedule"}]}}),
+        );
+        let p = pod("p", json!({}));
+        assert_eq!(TaintToleration.score(&st, &p, &plain), 0);
+        assert_eq!(TaintToleration.score(&st, &p, &hard), 0);
+        assert_eq!(TaintToleration.score(&st, &p, &soft), 1);
+        let tol = pod(
+            "t",
+            json!({"tolerations": [{"key": "k", "operator": "Exists", "effect": "PreferNoSchedule"}]}),
+        );
+        assert_eq!(TaintToleration.score(&st, &tol, &soft), 0);
+        let mut scores = vec![0, 0, 1];
+        TaintToleration.normalize(&mut scores);
+        assert_eq!(scores, [100, 100, 0]);
     }
 
     #[test]

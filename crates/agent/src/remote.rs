@@ -1,0 +1,408 @@
+//! Simulated nodes run by `kobune agent` against a remote API server:
+//! [`RemoteApi`] is [`NodeApi`] over HTTPS ([`crate::client`]), and pods
+//! are followed with list + watch (resuming at the last resourceVersion
+//! after errors, relisting on 410 Gone), as client-go's reflector does.
+
+use crate::api::{NodeApi, PodCache, PodHandler};
+use crate::client::{ApiClient, HttpError};
+use crate::FIELD_MANAGER;
+use hyper::Method;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MERGE: &str = "application/merge-patch+json";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
+const JSON: &str = "application/json";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+/// Server-side end of each watch, so it is renewed regularly.
+const WATCH_SECONDS: u64 = 300;
+
+/// [`NodeApi`] over HTTPS to a remote API server.
+pub struct RemoteApi {
+    client: Arc<ApiClient>,
+}
+
+fn err(what: String, e: HttpError) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {e}")
+}
+
+impl RemoteApi {
+    pub fn new(client: Arc<ApiClient>) -> RemoteApi {
+        RemoteApi { client }
+    }
+
+    /// Checks that the server answers and accepts the token.
+    pub async fn check_access(&self) -> anyhow::Result<()> {
+        let server = self.client.server();
+        match self.client.get("/api/v1/nodes?limit=1").await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 401 => anyhow::bail!(
+                "the server at {server} refused the token (401 Unauthorized): pass the server's token (its --token, or DATA_DIR/tls/token on the server)"
+            ),
+            Err(e) if e.code == 403 => anyhow::bail!(
+                "the server at {server} accepted the token but does not allow it to manage nodes (403 Forbidden): {}",
+                e.message
+            ),
+            Err(e) => anyhow::bail!("cannot use the server at {server}: {e}"),
+        }
+    }
+
+    /// Every object of a list path, page by page; with the list's resourceVersion.
+    async fn list_all(&self, path: &str) -> Result<(Vec<Value>, String), HttpError> {
+        let mut items = vec![];
+        let mut cont = String::new();
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let mut url = format!("{path}{sep}limit=500");
+            if !cont.is_empty() {
+                url.push_str(&format!("&continue={cont}"));
+            }
+            let page = self.client.get(&url).await?;
+            if let Some(list) = page["items"].as_array() {
+                items.extend(list.iter().cloned());
+            }
+            let rv = page["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match page["metadata"]["continue"].as_str() {
+                Some(c) if !c.is_empty() => cont = c.to_string(),
+                _ => return Ok((items, rv)),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for RemoteApi {
+    async fn list_nodes(&self) -> anyhow::Result<Vec<Value>> {
+        let (items, _) = self
+            .list_all("/api/v1/nodes")
+            .await
+            .map_err(|e| err("listing nodes".into(), e))?;
+        Ok(items)
+    }
+
+    async fn ensure_namespace(&self, name: &str) -> anyhow::Result<()> {
+        match self.client.get(&format!("/api/v1/namespaces/{name}")).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(err(format!("reading namespace {name}"), e)),
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let path = format!("/api/v1/namespaces?fieldManager={FIELD_MANAGER}");
+        match self.client.json(Method::POST, &path, JSON, Some(&ns)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 409 => Ok(()),
+            Err(e) => Err(err(format!("creating namespace {name}"), e)),
+        }
+    }
+
+    async fn register_node(&self, node: Value) -> anyhow::Result<Value> {
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let path = format!("/api/v1/nodes/{name}");
+        match self.client.get(&path).await {
+            Ok(existing) => return Ok(existing["metadata"]["uid"].clone()),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(err(format!("reading node {name}"), e)),
+        }
+        let create = format!("/api/v1/nodes?fieldManager={FIELD_MANAGER}");
+        let created = match self
+            .client
+            .json(Method::POST, &create, JSON, Some(&node))
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.code == 409 => self
+                .client
+                .get(&path)
+                .await
+                .map_err(|e| err(format!("reading node {name}"), e))?,
+            Err(e) => return Err(err(format!("registering node {name}"), e)),
+        };
+        // Like a kubelet, report the status through the status subresource
+        // in case the create did not keep it.
+        if created.pointer("/status/conditions").is_none() {
+            let status = format!("/api/v1/nodes/{name}/status?fieldManager={FIELD_MANAGER}");
+            self.client
+                .json(
+                    Method::PATCH,
+                    &status,
+                    MERGE,
+                    Some(&json!({"status": node["status"]})),
+                )
+                .await
+                .map_err(|e| err(format!("reporting the status of node {name}"), e))?;
+        }
+        Ok(created["metadata"]["uid"].clone())
+    }
+
+    async fn create_lease(&self, lease: Value) -> anyhow::Result<()> {
+        let path = format!("{LEASES}?fieldManager={FIELD_MANAGER}");
+        match self
+            .client
+            .json(Method::POST, &path, JSON, Some(&lease))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 409 => Ok(()),
+            Err(e) => Err(err("creating lease".into(), e)),
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Value) -> anyhow::Result<()> {
+        let name = lease["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("{LEASES}/{name}?fieldManager={FIELD_MANAGER}");
+        let renew = json!({"spec": {"renewTime": lease["spec"]["renewTime"]}});
+        match self
+            .client
+            .json(Method::PATCH, &path, MERGE, Some(&renew))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 => self.create_lease(lease.clone()).await,
+            Err(e) => Err(err(format!("renewing lease {name}"), e)),
+        }
+    }
+
+    async fn patch_pod_status(&self, ns: &str, name: &str, status: &Value) -> anyhow::Result<()> {
+        let path =
+            format!("/api/v1/namespaces/{ns}/pods/{name}/status?fieldManager={FIELD_MANAGER}");
+        self.client
+            .json(
+                Method::PATCH,
+                &path,
+                STRATEGIC,
+                Some(&json!({"status": status})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("updating status of pod {ns}/{name}"), e))
+    }
+
+    async fn delete_pod_now(&self, ns: &str, name: &str, uid: &str) -> anyhow::Result<()> {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+        let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+                          "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+        match self
+            .client
+            .json(Method::DELETE, &path, JSON, Some(&opts))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone, or replaced by a new pod of the same name.
+            Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(err(format!("deleting pod {ns}/{name}"), e)),
+        }
+    }
+
+    async fn watch_pods(
+        self: Arc<Self>,
+        nodes: Arc<HashSet<String>>,
+        handler: PodHandler,
+    ) -> anyhow::Result<Arc<dyn PodCache>> {
+        let pods = Arc::new(RemotePods {
+            nodes,
+            handler,
+            objects: Mutex::default(),
+        });
+        let rv = relist(&self, &pods)
+            .await
+            .map_err(|e| err("listing pods".into(), e))?;
+        tokio::spawn(follow(self, pods.clone(), rv));
+        Ok(pods)
+    }
+}
+
+/// The pods bound to this agent's nodes, by key, as last seen.
+struct RemotePods {
+    nodes: Arc<HashSet<String>>,
+    handler: PodHandler,
+    objects: Mutex<HashMap<String, Value>>,
+}
+
+impl PodCache for RemotePods {
+    fn get(&self, key: &str) -> Option<Value> {
+        self.lock().get(key).cloned()
+    }
+}
+
+fn pod_key(pod: &Value) -> String {
+    let m = &pod["metadata"];
+    format!(
+        "/registry/core/pods/{}/{}",
+        m["namespace"].as_str().unwrap_or_default(),
+        m["name"].as_str().unwrap_or_default()
+    )
+}
+
+impl RemotePods {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ours(&self, pod: &Value) -> bool {
+        pod.pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| self.nodes.contains(n))
+    }
+
+    /// One watch event (or listed object): keep it if it is bound to one
+    /// of our nodes, and tell the handler.
+    fn apply(&self, pod: &Value, gone: bool) {
+        let key = pod_key(pod);
+        if !gone && self.ours(pod) {
+            self.lock().insert(key.clone(), pod.clone());
+            (self.handler)(&key, pod, false);
+        } else if self.lock().remove(&key).is_some() {
+            (self.handler)(&key, pod, true);
+        }
+    }
+
+    /// Replaces everything with a fresh listing; pods missing from it are gone.
+    fn replace(&self, items: &[Value]) {
+        let listed: HashSet<String> = items.iter().map(pod_key).collect();
+        let vanished: Vec<(String, Value)> = self
+            .lock()
+            .iter()
+            .filter(|(k, _)| !listed.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, pod) in vanished {
+            self.lock().remove(&key);
+            (self.handler)(&key, &pod, true);
+        }
+        for pod in items {
+            self.apply(pod, false);
+        }
+    }
+}
+
+async fn relist(api: &RemoteApi, pods: &RemotePods) -> Result<String, HttpError> {
+    let (items, rv) = api.list_all("/api/v1/pods").await?;
+    pods.replace(&items);
+    Ok(rv)
+}
+
+/// Watches pods from `rv` for as long as the process runs.
+async fn follow(api: Arc<RemoteApi>, pods: Arc<RemotePods>, mut rv: String) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let path = format!(
+            "/api/v1/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={rv}"
+        );
+        let mut must_relist = false;
+        match api.client.watch(&path).await {
+            Err(e) => {
+                tracing::warn!("watching pods: {e}");
+                must_relist = e.code == 410;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(500);
+                while let Some(ev) = stream.next().await {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            tracing::debug!("pod watch ended: {e}");
+                            break;
+                        }
+                    };
+                    let obj = &ev["object"];
+                    match ev["type"].as_str().unwrap_or_default() {
+                        t @ ("ADDED" | "MODIFIED" | "DELETED") => {
+                            if let Some(v) = obj["metadata"]["resourceVersion"].as_str() {
+                                rv = v.to_string();
+                            }
+                            pods.apply(obj, t == "DELETED");
+                        }
+                        "BOOKMARK" => {
+                            if let Some(v) = obj["metadata"]["resourceVersion"].as_str() {
+                                rv = v.to_string();
+                            }
+                        }
+                        _ => {
+                            // ERROR: 410 Gone means our resourceVersion is too old.
+                            must_relist = obj["code"] == 410;
+                            tracing::debug!("pod watch error: {}", obj["message"]);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if must_relist {
+            tracing::info!("pod watch expired (410 Gone); relisting pods");
+            match relist(&api, &pods).await {
+                Ok(v) => rv = v,
+                Err(e) => {
+                    tracing::warn!("relisting pods: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// Connects to the server and runs `count` simulated nodes named
+/// `{prefix}-{i}` there; returns their names once they are registered.
+pub async fn run_simulated(
+    client: Arc<ApiClient>,
+    count: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let api = Arc::new(RemoteApi::new(client));
+    api.check_access().await?;
+    crate::start_simulated_with(api, count, prefix).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, node: &str) -> Value {
+        json!({"metadata": {"namespace": ns, "name": name}, "spec": {"nodeName": node}})
+    }
+
+    #[test]
+    fn keeps_only_pods_of_our_nodes_and_reports_removals() {
+        let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let s = seen.clone();
+        let pods = RemotePods {
+            nodes: Arc::new(["a-0".to_string()].into_iter().collect()),
+            handler: Arc::new(move |k: &str, _: &Value, gone: bool| {
+                s.lock().unwrap().push((k.to_string(), gone))
+            }),
+            objects: Mutex::default(),
+        };
+        pods.replace(&[pod("d", "p1", "a-0"), pod("d", "p2", "other")]);
+        assert!(pods.get("/registry/core/pods/d/p1").is_some());
+        assert!(pods.get("/registry/core/pods/d/p2").is_none());
+        pods.apply(&pod("d", "p2", "other"), true);
+        pods.apply(&pod("d", "p3", "a-0"), false);
+        // A relist without p1: it is reported gone.
+        pods.replace(&[pod("d", "p3", "a-0")]);
+        assert!(pods.get("/registry/core/pods/d/p1").is_none());
+        pods.apply(&pod("d", "p3", "a-0"), true);
+        assert!(pods.get("/registry/core/pods/d/p3").is_none());
+        let seen = seen.lock().unwrap().clone();
+        let k = |n: &str| format!("/registry/core/pods/d/{n}");
+        assert_eq!(
+            seen,
+            vec![
+                (k("p1"), false),
+                (k("p3"), false),
+                (k("p1"), true),
+                (k("p3"), false),
+                (k("p3"), true)
+            ]
+        );
+    }
+}

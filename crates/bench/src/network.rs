@@ -1,0 +1,942 @@
+//! `kobune-bench network`: service traffic on a real node. Starts `kobune
+//! server` with its node agent (containerd, the kobune0 bridge, the iptables
+//! proxy and the Ingress controller), deploys webapp pods behind a ClusterIP
+//! Service and an Ingress, and measures with an HTTP/1.1 keep-alive load
+//! generator the request rate and latency straight to the pod IPs (the
+//! baseline), through the ClusterIP and through the Ingress in the same run.
+//! Then it measures how long after a pod is seen Ready the ClusterIP sends
+//! it traffic, over repeated scale-ups from zero.
+
+use crate::client::{Conn, Target};
+use crate::{free_port, report, rss_kib, spawn_logged, Proc, Stats};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+const BEGIN: &str = "<!-- kobune-bench:network:begin -->";
+const END: &str = "<!-- kobune-bench:network:end -->";
+const NS: &str = "bench-net";
+const HOST: &str = "bench.kobune.test";
+const IMAGE: &str = "kobune.local/webapp:v1";
+/// The issue's targets: share of the direct throughput, and the p99 of
+/// Ready -> traffic through the ClusterIP.
+const INGRESS_TARGET: f64 = 0.80;
+const CLUSTERIP_TARGET: f64 = 0.95;
+const READY_P99_TARGET_MS: f64 = 100.0;
+
+#[derive(clap::Args, Clone)]
+pub struct NetworkArgs {
+    /// Web app pods behind the Service.
+    #[arg(long, default_value_t = 4)]
+    pods: usize,
+    /// Worker threads of each web app pod (its WORKERS).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds measured per path (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Scale-ups (0 -> 1 replica) for the Ready -> traffic latency.
+    #[arg(long, default_value_t = 20)]
+    scale_ups: usize,
+    /// Held (flock) for the whole run, as the integration tests do: node
+    /// agents share the kobune0 bridge and host iptables.
+    #[arg(long, default_value = "/tmp/kobune-containerd.lock")]
+    containerd_lock: PathBuf,
+    /// The node name of the server's agent.
+    #[arg(long, default_value = "kobune-bench")]
+    node_name: String,
+    /// Write/replace the network section in this markdown file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "BENCHMARKS.md")]
+    pub markdown: Option<PathBuf>,
+}
+
+/// One path's load run.
+pub struct PathRun {
+    pub name: &'static str,
+    pub stats: Stats,
+    pub errors: u64,
+}
+
+pub struct Results {
+    pub pods: usize,
+    pub connections: usize,
+    pub duration: Duration,
+    pub paths: Vec<PathRun>,
+    /// Ready seen -> first answer through the ClusterIP, one per scale-up.
+    pub ready_to_traffic: Stats,
+    /// Scale-ups whose first answer came before the watch event said Ready.
+    pub early: usize,
+    pub server_rss_mib: f64,
+}
+
+impl Results {
+    fn rate(&self, name: &str) -> Option<f64> {
+        self.paths
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.stats.rate())
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+struct Server {
+    proc: Option<Proc>,
+    target: Target,
+    pid: u32,
+    ingress_port: u16,
+}
+
+impl Server {
+    async fn start(kobune: &Path, dir: &Path, node: &str) -> Result<Server> {
+        std::fs::create_dir_all(dir)?;
+        let (port, http, https) = (free_port()?, free_port()?, free_port()?);
+        let data = dir.join("kobune");
+        let mut cmd = Command::new(kobune);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--https-listen-port", &port.to_string()])
+            .args(["--node-name", node])
+            .args(["--ingress-http-port", &http.to_string()])
+            .args(["--ingress-https-port", &https.to_string()]);
+        let log = dir.join("kobune.log");
+        let mut proc = spawn_logged(cmd, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("kobune server ready") {
+                break;
+            }
+            if let Some(st) = proc.child.try_wait()? {
+                bail!("kobune exited ({st}); see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                bail!("kobune did not become ready; see {}", log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let pid = proc.child.id();
+        Ok(Server {
+            proc: Some(proc),
+            target: Target::from_data_dir(&data, addr)?,
+            pid,
+            ingress_port: http,
+        })
+    }
+
+    /// SIGTERM, so the agent and the proxy clean up; SIGKILL after 30 s.
+    async fn stop(mut self) {
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(p);
+    }
+}
+
+async fn get_json(c: &mut Conn, path: &str) -> Result<Value> {
+    Ok(serde_json::from_slice(
+        &c.call("GET", path, Bytes::new()).await?,
+    )?)
+}
+
+async fn post(c: &mut Conn, path: &str, body: &Value) -> Result<()> {
+    c.call("POST", path, serde_json::to_vec(body)?.into())
+        .await
+        .map(|_| ())
+}
+
+async fn scale(c: &mut Conn, name: &str, replicas: usize) -> Result<()> {
+    c.call_with_type(
+        "PATCH",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}/scale"),
+        serde_json::to_vec(&json!({"spec": {"replicas": replicas}}))?.into(),
+        "application/merge-patch+json",
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A Deployment of the web app with a readiness probe on /readyz.
+fn deployment(name: &str, replicas: usize, workers: usize) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "web", "image": IMAGE, "imagePullPolicy": "Never",
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "env": [
+                            {"name": "WORKERS", "value": workers.to_string()},
+                            {"name": "DRAIN_SECONDS", "value": "0"},
+                        ],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/readyz", "port": "http"},
+                            "periodSeconds": 1,
+                        },
+                    }],
+                },
+            },
+        },
+    })
+}
+
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    })
+}
+
+fn ingress(name: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name},
+        "spec": {"rules": [{"host": HOST, "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]},
+    })
+}
+
+/// Whether a Pod object has condition Ready=True.
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+async fn ready_pod_ips(c: &mut Conn, app: &str) -> Result<Vec<IpAddr>> {
+    let list = get_json(
+        c,
+        &format!("/api/v1/namespaces/{NS}/pods?labelSelector=app%3D{app}"),
+    )
+    .await?;
+    let mut ips = vec![];
+    for p in list["items"].as_array().into_iter().flatten() {
+        if pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null() {
+            if let Some(ip) = p["status"]["podIP"].as_str() {
+                ips.push(ip.parse()?);
+            }
+        }
+    }
+    Ok(ips)
+}
+
+// ------------------------------------------------------------------ load
+
+/// One HTTP/1.1 keep-alive connection.
+async fn open(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// GET / on `sender`; Ok when the answer is a 200 from the web app.
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<()> {
+    let req = hyper::Request::get("/")
+        .header("host", host)
+        .body(Empty::new())?;
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != 200 || !body.starts_with(b"webapp ") {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+/// `connections` keep-alive connections (connection i to `addrs[i % len]`)
+/// sending GET / back to back: one second of warm-up, then `duration`
+/// measured. A failed request counts as an error and reopens its connection.
+async fn load(
+    addrs: &[SocketAddr],
+    host: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<(Stats, u64)> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for i in 0..connections {
+        let addr = addrs[i % addrs.len()];
+        let host: Arc<str> = host.into();
+        let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut sender = None;
+            while !stop.load(Ordering::Relaxed) {
+                if sender.is_none() {
+                    match open(addr).await {
+                        Ok(s) => sender = Some(s),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                let s = sender.as_mut().expect("open");
+                let t0 = Instant::now();
+                let ok = get(s, &host).await.is_ok();
+                let counted = measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed);
+                if !ok {
+                    sender = None;
+                    if counted {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if counted {
+                    lat.push(t0.elapsed());
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    errors.store(0, Ordering::SeqCst);
+    measuring.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::SeqCst);
+    let elapsed = start.elapsed();
+    let mut lat = vec![];
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    Ok((Stats::new(lat, elapsed), errors.load(Ordering::SeqCst)))
+}
+
+// ------------------------------------------------------------------ ready -> traffic
+
+/// Follows a pod watch stream and records when a pod of `app` is first
+/// seen Ready; `ready_at` holds that instant (nanoseconds since `epoch`).
+async fn watch_ready(
+    t: &Target,
+    app: &str,
+    epoch: Instant,
+    ready_at: Arc<AtomicU64>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut c = t.connect().await?;
+    let list = get_json(
+        &mut c,
+        &format!("/api/v1/namespaces/{NS}/pods?labelSelector=app%3D{app}"),
+    )
+    .await?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let resp = c
+        .send(
+            "GET",
+            &format!(
+                "/api/v1/namespaces/{NS}/pods?labelSelector=app%3D{app}&watch=1&resourceVersion={rv}"
+            ),
+            Bytes::new(),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        bail!("pod watch: {}", resp.status());
+    }
+    Ok(tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = vec![];
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                if ev["type"] != "DELETED" && pod_ready(&ev["object"]) {
+                    let ns = epoch.elapsed().as_nanos() as u64;
+                    let _ = ready_at.compare_exchange(0, ns, Ordering::SeqCst, Ordering::SeqCst);
+                }
+            }
+        }
+    }))
+}
+
+/// One request over a fresh connection (what a new client does).
+async fn probe(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = open(addr).await?;
+        get(&mut s, "probe").await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Scales a 0-replica Deployment to 1 `n` times; each time, the time from
+/// the watch seeing the pod Ready to the first answer through the ClusterIP.
+async fn ready_to_traffic(t: &Target, vip: SocketAddr, n: usize) -> Result<(Stats, usize)> {
+    let mut c = t.connect().await?;
+    let mut lat = vec![];
+    let mut early = 0;
+    for i in 0..n {
+        if probe(vip).await {
+            bail!("the ClusterIP answers before the scale-up");
+        }
+        let epoch = Instant::now();
+        let ready_at = Arc::new(AtomicU64::new(0));
+        let watch = watch_ready(t, "flip", epoch, ready_at.clone()).await?;
+        scale(&mut c, "flip", 1).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            if probe(vip).await {
+                break epoch.elapsed();
+            }
+            if Instant::now() > deadline {
+                bail!("scale-up {i}: no traffic through the ClusterIP within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        // The watch event can trail the first answer by a little.
+        until("the Ready watch event", Duration::from_secs(10), || {
+            let r = ready_at.clone();
+            async move { Ok(r.load(Ordering::SeqCst) != 0) }
+        })
+        .await?;
+        watch.abort();
+        let ready = Duration::from_nanos(ready_at.load(Ordering::SeqCst));
+        match first.checked_sub(ready) {
+            Some(d) => lat.push(d),
+            None => {
+                early += 1;
+                lat.push(Duration::ZERO);
+            }
+        }
+        eprintln!(
+            "  scale-up {}: Ready -> traffic {:.1} ms",
+            i + 1,
+            first.saturating_sub(ready).as_secs_f64() * 1e3
+        );
+        scale(&mut c, "flip", 0).await?;
+        until("flip pods gone", Duration::from_secs(60), || {
+            let t = t.clone();
+            async move {
+                let mut c = t.connect().await?;
+                let l = get_json(
+                    &mut c,
+                    &format!("/api/v1/namespaces/{NS}/pods?labelSelector=app%3Dflip"),
+                )
+                .await?;
+                Ok(l["items"].as_array().is_none_or(|a| a.is_empty()))
+            }
+        })
+        .await?;
+        until(
+            "ClusterIP without endpoints",
+            Duration::from_secs(10),
+            || async { Ok(!probe(vip).await) },
+        )
+        .await?;
+    }
+    Ok((Stats::new(lat, Duration::ZERO), early))
+}
+
+// ------------------------------------------------------------------ run
+
+pub async fn run(a: &NetworkArgs, kobune: &Path, root: &Path) -> Result<Results> {
+    eprintln!(
+        "[network] waiting for the lock {}",
+        a.containerd_lock.display()
+    );
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&a.containerd_lock)
+        .with_context(|| format!("opening {}", a.containerd_lock.display()))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock)).await??;
+    eprintln!("[network] node {}", a.node_name);
+    let server = Server::start(kobune, &root.join("network"), &a.node_name).await?;
+    let result = steps(a, &server).await;
+    // Leave nothing running in containerd, whatever happened above.
+    if let Ok(mut c) = server.target.connect().await {
+        let _ = c
+            .call("DELETE", &format!("/api/v1/namespaces/{NS}"), Bytes::new())
+            .await;
+        let _ = until("namespace gone", Duration::from_secs(60), || {
+            let t = server.target.clone();
+            async move {
+                let mut c = t.connect().await?;
+                Ok(
+                    c.call("GET", &format!("/api/v1/namespaces/{NS}"), Bytes::new())
+                        .await
+                        .is_err(),
+                )
+            }
+        })
+        .await;
+    }
+    server.stop().await;
+    drop(lock);
+    result
+}
+
+async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
+    let t = &server.target;
+    let mut c = t.connect().await?;
+    until("a Ready node", Duration::from_secs(120), || {
+        let t = t.clone();
+        async move {
+            let mut c = t.connect().await?;
+            let nodes = get_json(&mut c, "/api/v1/nodes").await?;
+            Ok(nodes["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(pod_ready))
+        }
+    })
+    .await?;
+    post(
+        &mut c,
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await?;
+    let base = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    post(&mut c, &base, &deployment("web", a.pods, a.workers)).await?;
+    post(&mut c, &base, &deployment("flip", 0, a.workers)).await?;
+    for name in ["web", "flip"] {
+        post(
+            &mut c,
+            &format!("/api/v1/namespaces/{NS}/services"),
+            &service(name),
+        )
+        .await?;
+    }
+    post(
+        &mut c,
+        &format!("/apis/networking.k8s.io/v1/namespaces/{NS}/ingresses"),
+        &ingress("web"),
+    )
+    .await?;
+    eprintln!("[network] waiting for {} Ready pods", a.pods);
+    until("web pods Ready", Duration::from_secs(300), || {
+        let t = t.clone();
+        async move {
+            let mut c = t.connect().await?;
+            Ok(ready_pod_ips(&mut c, "web").await?.len() == a.pods)
+        }
+    })
+    .await?;
+    let pods: Vec<SocketAddr> = ready_pod_ips(&mut c, "web")
+        .await?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 8080))
+        .collect();
+    let vip = |name: &'static str| {
+        let t = t.clone();
+        async move {
+            let mut c = t.connect().await?;
+            let svc = get_json(&mut c, &format!("/api/v1/namespaces/{NS}/services/{name}")).await?;
+            let ip: IpAddr = svc["spec"]["clusterIP"]
+                .as_str()
+                .ok_or_else(|| anyhow!("service {name} has no clusterIP"))?
+                .parse()?;
+            anyhow::Ok(SocketAddr::new(ip, 80))
+        }
+    };
+    let (web_vip, flip_vip) = (vip("web").await?, vip("flip").await?);
+    let ingress: SocketAddr = format!("127.0.0.1:{}", server.ingress_port).parse()?;
+    until(
+        "ClusterIP and Ingress answering",
+        Duration::from_secs(30),
+        || async {
+            let (mut ok, mut ok2) = (false, false);
+            if let Ok(mut s) = open(web_vip).await {
+                ok = get(&mut s, "x").await.is_ok();
+            }
+            if let Ok(mut s) = open(ingress).await {
+                ok2 = get(&mut s, HOST).await.is_ok();
+            }
+            Ok(ok && ok2)
+        },
+    )
+    .await?;
+
+    let duration = Duration::from_secs(a.duration_secs);
+    let mut paths = vec![];
+    for (name, addrs, host) in [
+        ("direct to pod IPs", pods.clone(), "direct"),
+        ("ClusterIP", vec![web_vip], "clusterip"),
+        ("Ingress", vec![ingress], HOST),
+    ] {
+        eprintln!(
+            "[network] {name}: {} connections for {} s",
+            a.connections, a.duration_secs
+        );
+        let (stats, errors) = load(&addrs, host, a.connections, duration).await?;
+        paths.push(PathRun {
+            name,
+            stats,
+            errors,
+        });
+    }
+    let server_rss_mib = rss_kib(server.pid).unwrap_or(0) as f64 / 1024.0;
+    eprintln!(
+        "[network] {} scale-ups 0 -> 1 behind a ClusterIP",
+        a.scale_ups
+    );
+    let (ready_to_traffic, early) = ready_to_traffic(t, flip_vip, a.scale_ups).await?;
+    Ok(Results {
+        pods: a.pods,
+        connections: a.connections,
+        duration,
+        paths,
+        ready_to_traffic,
+        early,
+        server_rss_mib,
+    })
+}
+
+// ------------------------------------------------------------------ report
+
+const PATH_HDR: &[&str] = &[
+    "path",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "throughput vs direct",
+];
+
+fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn rows(r: &Results) -> Vec<Vec<String>> {
+    let direct = r.rate("direct to pod IPs").unwrap_or(f64::NAN);
+    r.paths
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.to_string(),
+                format!("{:.0}", p.stats.rate()),
+                ms(p.stats.pct(50.0)),
+                ms(p.stats.pct(99.0)),
+                p.errors.to_string(),
+                format!("{:.0}%", p.stats.rate() / direct * 100.0),
+            ]
+        })
+        .collect()
+}
+
+/// The targets, each with a verdict.
+pub fn targets(r: &Results) -> Vec<String> {
+    let verdict = |ok: bool| if ok { "**MET**" } else { "**NOT MET**" };
+    let direct = r.rate("direct to pod IPs").unwrap_or(f64::NAN);
+    let mut out = vec![];
+    for (name, target) in [("Ingress", INGRESS_TARGET), ("ClusterIP", CLUSTERIP_TARGET)] {
+        let ratio = r.rate(name).unwrap_or(f64::NAN) / direct;
+        out.push(format!(
+            "{name} throughput >= {:.0}% of direct: {:.0}% {}",
+            target * 100.0,
+            ratio * 100.0,
+            verdict(ratio >= target)
+        ));
+    }
+    let p99 = r.ready_to_traffic.pct(99.0);
+    out.push(format!(
+        "Pod Ready -> traffic through the ClusterIP p99 <= {READY_P99_TARGET_MS:.0} ms: p50 {} ms, p99 {} ms over {} scale-ups {}",
+        ms(r.ready_to_traffic.pct(50.0)),
+        ms(p99),
+        r.ready_to_traffic.lat.len(),
+        verdict(p99 <= READY_P99_TARGET_MS)
+    ));
+    let errors: u64 = r.paths.iter().map(|p| p.errors).sum();
+    out.push(format!("Failed requests under load: {errors}"));
+    out
+}
+
+pub fn text(r: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} webapp pods, {} keep-alive connections, {} s per path",
+        r.pods,
+        r.connections,
+        r.duration.as_secs()
+    );
+    let _ = writeln!(out, "{}", PATH_HDR.join(" | "));
+    for row in rows(r) {
+        let _ = writeln!(out, "{}", row.join(" | "));
+    }
+    for l in targets(r) {
+        let _ = writeln!(out, "  - {}", l.replace("**", ""));
+    }
+    out
+}
+
+pub fn markdown(
+    r: &Results,
+    load: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    wall: Duration,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{BEGIN}");
+    let _ = writeln!(out, "## Service traffic results\n");
+    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
+    let _ = writeln!(
+        out,
+        "- Machine: {} (1-min load average at start: {load}; the load generator, the pods and kobune share the cores)",
+        report::machine()
+    );
+    let _ = writeln!(
+        out,
+        "- Command (from the repo root, after `cargo build --release -p kobune -p kobune-bench`):\n"
+    );
+    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
+    let _ = writeln!(
+        out,
+        "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections sends `GET /` back to back for {} s per path (after 1 s of warm-up). Direct: connection i goes to pod i mod {}. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",
+        r.pods,
+        r.connections,
+        r.duration.as_secs(),
+        r.pods,
+        r.server_rss_mib,
+        wall.as_secs_f64()
+    );
+    let _ = writeln!(out, "### Targets from the issue\n");
+    for l in targets(r) {
+        let _ = writeln!(out, "- {l}");
+    }
+    let _ = writeln!(out, "\n### Throughput and latency by path\n");
+    report::md_table(&mut out, PATH_HDR, &rows(r));
+    let _ = writeln!(
+        out,
+        "### Pod Ready -> first answer through the ClusterIP\n\n\
+         A Deployment behind its own ClusterIP is scaled 0 -> 1 {} times. The time runs from the pod watch event with `Ready=True` to the first `GET /` answered over a new connection to the ClusterIP (tried every millisecond); {} of them answered before the watch event arrived (counted as 0 ms).\n",
+        r.ready_to_traffic.lat.len(),
+        r.early
+    );
+    report::md_table(
+        &mut out,
+        &["scale-ups", "p50 ms", "p99 ms", "max ms"],
+        &[vec![
+            r.ready_to_traffic.lat.len().to_string(),
+            ms(r.ready_to_traffic.pct(50.0)),
+            ms(r.ready_to_traffic.pct(99.0)),
+            ms(r.ready_to_traffic.pct(100.0)),
+        ]],
+    );
+    let _ = writeln!(out, "{END}");
+    out
+}
+
+pub fn write(path: &Path, section: &str) -> Result<()> {
+    report::write_marked(path, BEGIN, END, section)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(ms: &[u64], secs: u64) -> Stats {
+        Stats::new(
+            ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+            Duration::from_secs(secs),
+        )
+    }
+
+    fn results(direct: usize, cip: usize, ing: usize) -> Results {
+        let run = |name, n| PathRun {
+            name,
+            stats: stats(&vec![1; n], 1),
+            errors: 0,
+        };
+        Results {
+            pods: 2,
+            connections: 4,
+            duration: Duration::from_secs(1),
+            paths: vec![
+                run("direct to pod IPs", direct),
+                run("ClusterIP", cip),
+                run("Ingress", ing),
+            ],
+            ready_to_traffic: stats(&[10, 20, 150], 0),
+            early: 0,
+            server_rss_mib: 50.0,
+        }
+    }
+
+    #[test]
+    fn targets_compare_with_the_direct_baseline() {
+        let t = targets(&results(100, 96, 79));
+        assert!(
+            t[0].starts_with("Ingress") && t[0].contains("79%") && t[0].ends_with("**NOT MET**"),
+            "{t:?}"
+        );
+        assert!(
+            t[1].starts_with("ClusterIP") && t[1].contains("96%") && t[1].ends_with("**MET**"),
+            "{t:?}"
+        );
+        assert!(
+            t[2].contains("p99 150 ms") && t[2].ends_with("**NOT MET**"),
+            "{t:?}"
+        );
+        let t = targets(&results(100, 95, 80));
+        assert!(
+            t[0].ends_with(" **MET**") && t[1].ends_with(" **MET**"),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn markdown_section_is_marked_and_replaces_itself() {
+        let md = markdown(
+            &results(100, 100, 90),
+            "0.5",
+            chrono::Utc::now(),
+            Duration::from_secs(3),
+        );
+        assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
+        assert!(
+            md.contains("| Ingress | 90 | 1.00 | 1.00 | 0 | 90% |"),
+            "{md}"
+        );
+        let dir = std::env::temp_dir().join(format!("kobune-bench-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("B.md");
+        std::fs::write(&f, "# B\n\nintro\n").unwrap();
+        write(&f, &md).unwrap();
+        write(&f, &md).unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text.matches(BEGIN).count(), 1);
+        assert!(text.starts_with("# B\n\nintro\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn readiness_from_conditions() {
+        assert!(pod_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+        ));
+        assert!(!pod_ready(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+        ));
+        assert!(!pod_ready(&json!({"status": {}})));
+    }
+
+    /// The load generator against a local HTTP/1.1 server: every request
+    /// answered, none failed, latencies recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_generator_counts_requests() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = Vec::new();
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        have.extend_from_slice(&buf[..n]);
+                        while let Some(p) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                            have.drain(..p + 4);
+                            let body = "webapp v1 test\n";
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let (st, errors) = load(&[addr], "x", 3, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(errors, 0);
+        assert!(st.lat.len() > 30, "{}", st.lat.len());
+        assert!(st.rate() > 100.0);
+        // Nothing listening: every attempt is an error, nothing measured.
+        let dead: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let (st, errors) = load(&[dead], "x", 1, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(st.lat.is_empty() && errors > 0);
+    }
+}

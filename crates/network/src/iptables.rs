@@ -1,0 +1,386 @@
+//! The iptables plumbing the service proxy and the NetworkPolicy controller
+//! share: running `iptables-save`/`iptables-restore`, building restore input
+//! that declares (and so flushes) our chains, removing our chains and the
+//! jumps to them, and the debounced sync loop state that applies a rule set
+//! with one `iptables-restore --noflush` per change burst, re-checks the
+//! jumps from the built-in chains on a periodic full resync and retries with
+//! backoff when a restore fails.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// A jump from a built-in chain: (table, chain, rule spec).
+pub type Jump = (&'static str, &'static str, &'static str);
+
+/// iptables-restore input for both tables, and the chains it declares.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rules {
+    pub nat: String,
+    pub filter: String,
+    /// (table, chain) of every chain declared.
+    pub chains: BTreeSet<(String, String)>,
+}
+
+impl Rules {
+    /// The restore input: our chains rebuilt, `stale` chains deleted, and
+    /// `jumps` inserted into the built-in chains.
+    pub fn restore_input(
+        &self,
+        stale: &BTreeSet<(String, String)>,
+        jumps: &[(&str, &str, &str)],
+    ) -> String {
+        let mut out = String::new();
+        for (table, body) in [("nat", &self.nat), ("filter", &self.filter)] {
+            let _ = writeln!(out, "*{table}");
+            for (t, c) in self.chains.iter().chain(stale.iter()) {
+                if t == table {
+                    let _ = writeln!(out, ":{c} - [0:0]");
+                }
+            }
+            out.push_str(body);
+            for (t, c, spec) in jumps {
+                if *t == table {
+                    let _ = writeln!(out, "-I {c} 1 {spec}");
+                }
+            }
+            for (t, c) in stale {
+                if t == table {
+                    let _ = writeln!(out, "-X {c}");
+                }
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+}
+
+/// Runs a command, feeding it `input`, and returns its stdout (an error
+/// with its stderr when it fails).
+pub fn run(cmd: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("running {cmd}: {e}"))?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `iptables-save` output of one table.
+pub fn save(table: &str) -> anyhow::Result<String> {
+    run("iptables-save", &["-t", table], None)
+}
+
+/// Applies restore input atomically, leaving everything else in place.
+pub fn iptables_restore(input: &str) -> anyhow::Result<()> {
+    run("iptables-restore", &["--noflush"], Some(input))
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}\n--- input ---\n{input}"))
+}
+
+/// The restore input that removes every chain `ours` claims and every jump
+/// from another chain to one, given `iptables-save` output of each table
+/// (None when there is nothing to remove).
+pub fn cleanup_input(saved: &[(&str, String)], ours: &dyn Fn(&str) -> bool) -> Option<String> {
+    let mut out = String::new();
+    let mut any = false;
+    for (table, dump) in saved {
+        let mut chains = vec![];
+        let mut jumps = vec![];
+        for line in dump.lines() {
+            if let Some(rest) = line.strip_prefix(':') {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                if ours(name) {
+                    chains.push(name.to_string());
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest.split_whitespace().next().unwrap_or_default();
+                let target = rest
+                    .split_once(" -j ")
+                    .map(|(_, t)| t.split_whitespace().next().unwrap_or_default())
+                    .unwrap_or_default();
+                if !ours(chain) && ours(target) {
+                    jumps.push(format!("-D {rest}"));
+                }
+            }
+        }
+        if chains.is_empty() && jumps.is_empty() {
+            continue;
+        }
+        any = true;
+        let _ = writeln!(out, "*{table}");
+        for j in &jumps {
+            let _ = writeln!(out, "{j}");
+        }
+        for c in &chains {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for c in &chains {
+            let _ = writeln!(out, "-X {c}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    any.then_some(out)
+}
+
+/// Removes every chain `ours` claims, and the jumps to them, from `tables`.
+pub fn cleanup_rules(tables: &[&str], ours: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
+    let mut saved = vec![];
+    for t in tables {
+        saved.push((*t, save(t)?));
+    }
+    if let Some(input) = cleanup_input(&saved, ours) {
+        iptables_restore(&input)?;
+    }
+    Ok(())
+}
+
+/// The `jumps` (of `tables`) missing from the current tables.
+pub fn missing_jumps(tables: &[&str], jumps: &[Jump]) -> anyhow::Result<Vec<Jump>> {
+    let mut missing = vec![];
+    for t in tables {
+        let dump = save(t)?;
+        for j in jumps.iter().filter(|j| j.0 == *t) {
+            let line = format!("-A {} {}", j.1, j.2);
+            if !dump.lines().any(|l| l.trim() == line) {
+                missing.push(*j);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Writes a kernel setting, logging (not failing) when it cannot.
+pub fn write_sysctl(path: &str, value: &str) {
+    if let Err(e) = std::fs::write(path, value) {
+        tracing::warn!("setting {path} = {value}: {e}");
+    }
+}
+
+/// Change notification of a sync loop: informer handlers mark it dirty, the
+/// loop wakes up and times the sync from the first unapplied change.
+#[derive(Default)]
+pub struct Dirty {
+    notify: Notify,
+    /// When the first change not yet applied arrived.
+    since: Mutex<Option<Instant>>,
+}
+
+impl Dirty {
+    pub fn new() -> Dirty {
+        Dirty::default()
+    }
+
+    /// Records a change and wakes the loop.
+    pub fn mark(&self) {
+        {
+            let mut d = self.since.lock().unwrap_or_else(|e| e.into_inner());
+            d.get_or_insert_with(Instant::now);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<Instant> {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Puts back the time of a change whose sync failed (keeping the older).
+    fn restore(&self, since: Option<Instant>) {
+        if let Some(since) = since {
+            let mut d = self.since.lock().unwrap_or_else(|e| e.into_inner());
+            *d = Some(d.map_or(since, |t| t.min(since)));
+        }
+    }
+}
+
+/// One pass of a sync loop.
+pub struct Pass {
+    /// When the first change this pass applies arrived.
+    pub since: Option<Instant>,
+    /// A periodic full resync (rules re-applied even when unchanged).
+    pub full: bool,
+    /// When the pass began (after the jumps were checked).
+    pub started: Instant,
+}
+
+/// The state of a debounced sync loop applying [`Rules`] with
+/// `iptables-restore --noflush`.
+pub struct Syncer {
+    /// Who syncs, for logs ("service proxy").
+    what: &'static str,
+    /// The tables the jumps live in.
+    tables: &'static [&'static str],
+    all_jumps: &'static [Jump],
+    debounce: Duration,
+    resync: Duration,
+    applied: Option<Rules>,
+    declared: BTreeSet<(String, String)>,
+    /// Jumps to insert with the next restore.
+    jumps: Vec<Jump>,
+    next_full: Instant,
+    failures: u32,
+    first: bool,
+}
+
+impl Syncer {
+    /// The first pass inserts every jump (start removed any old ones).
+    pub fn new(
+        what: &'static str,
+        tables: &'static [&'static str],
+        jumps: &'static [Jump],
+        debounce: Duration,
+        resync: Duration,
+    ) -> Syncer {
+        Syncer {
+            what,
+            tables,
+            all_jumps: jumps,
+            debounce,
+            resync,
+            applied: None,
+            declared: BTreeSet::new(),
+            jumps: jumps.to_vec(),
+            next_full: Instant::now() + resync,
+            failures: 0,
+            first: true,
+        }
+    }
+
+    /// Waits for a change (coalescing the rest of a burst), the next full
+    /// resync or `stop`; None when stopping. On a full resync, jumps
+    /// someone removed are queued to be inserted again.
+    pub async fn next(&mut self, dirty: &Dirty, stop: &mut watch::Receiver<bool>) -> Option<Pass> {
+        if !self.first {
+            let full = tokio::time::sleep_until(self.next_full.into());
+            tokio::select! {
+                _ = dirty.notify.notified() => tokio::time::sleep(self.debounce).await,
+                _ = full => {}
+                _ = stop.changed() => return None,
+            }
+        }
+        self.first = false;
+        if *stop.borrow() {
+            return None;
+        }
+        let since = dirty.take();
+        let full = Instant::now() >= self.next_full;
+        if full {
+            self.next_full = Instant::now() + self.resync;
+            let (tables, all) = (self.tables, self.all_jumps);
+            match tokio::task::spawn_blocking(move || missing_jumps(tables, all)).await {
+                Ok(Ok(m)) => {
+                    for j in m {
+                        if !self.jumps.contains(&j) {
+                            self.jumps.push(j);
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("{}: reading rules: {e:#}", self.what),
+                Err(_) => {}
+            }
+        }
+        Some(Pass {
+            since,
+            full,
+            started: Instant::now(),
+        })
+    }
+
+    /// Applies `rules` unless they, and the jumps, are already in place
+    /// (always on a full resync). On failure the change stays dirty and the
+    /// loop backs off a little before retrying.
+    pub async fn apply(&mut self, rules: Rules, pass: &Pass, dirty: &Dirty) {
+        if self.applied.as_ref() == Some(&rules) && self.jumps.is_empty() && !pass.full {
+            return;
+        }
+        let stale: BTreeSet<(String, String)> =
+            self.declared.difference(&rules.chains).cloned().collect();
+        let input = rules.restore_input(&stale, &self.jumps);
+        match tokio::task::spawn_blocking(move || iptables_restore(&input)).await {
+            Ok(Ok(())) => {
+                self.failures = 0;
+                self.declared = rules.chains.clone();
+                self.jumps.clear();
+                self.applied = Some(rules);
+                let now = Instant::now();
+                tracing::debug!(
+                    sync_ms = (now - pass.started).as_secs_f64() * 1000.0,
+                    since_change_ms = pass.since.map(|s| (now - s).as_secs_f64() * 1000.0),
+                    chains = self.declared.len(),
+                    "{} rules applied",
+                    self.what
+                );
+            }
+            Ok(Err(e)) => {
+                self.failures += 1;
+                tracing::warn!(
+                    "{}: iptables-restore failed (attempt {}): {e:#}",
+                    self.what,
+                    self.failures
+                );
+                // Retry soon, with some backoff, still timing from the change.
+                dirty.restore(pass.since);
+                dirty.mark();
+                tokio::time::sleep(Duration::from_millis(100 * self.failures.min(50) as u64)).await;
+            }
+            Err(e) => tracing::warn!("{}: {e}", self.what),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_input_declares_rebuilds_and_deletes_stale() {
+        let mut r = Rules {
+            nat: "-A KOBUNE-A -j ACCEPT\n".into(),
+            ..Default::default()
+        };
+        r.chains.insert(("nat".into(), "KOBUNE-A".into()));
+        let stale = BTreeSet::from([("filter".to_string(), "KOBUNE-OLD".to_string())]);
+        let input = r.restore_input(&stale, &[("nat", "OUTPUT", "-j KOBUNE-A")]);
+        assert_eq!(
+            input,
+            "*nat\n:KOBUNE-A - [0:0]\n-A KOBUNE-A -j ACCEPT\n-I OUTPUT 1 -j KOBUNE-A\nCOMMIT\n\
+             *filter\n:KOBUNE-OLD - [0:0]\n-X KOBUNE-OLD\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn dirty_keeps_the_oldest_change() {
+        let d = Dirty::new();
+        assert!(d.take().is_none());
+        d.mark();
+        let first = d.take().unwrap();
+        d.mark();
+        d.restore(Some(first));
+        assert_eq!(d.take(), Some(first));
+    }
+}
