@@ -276,8 +276,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let server = Arc::new(kobune_apiserver::ApiServer::new(&cfg, store).await?);
-    // Controllers and scheduler run only while this server holds the
-    // kube-system/kobune-controllers Lease (several servers may share etcd).
+    // On etcd, several servers may share the store: controllers and the
+    // scheduler run only while this server holds the
+    // kube-system/kobune-controllers Lease. The embedded store has one
+    // server, which needs no election (and so no renewals while idle).
+    let shared_store = args.datastore_endpoint.starts_with("http");
     let leader = {
         let reg = server.registry.clone();
         let storage = data_dir.join("storage");
@@ -291,8 +294,14 @@ async fn server(args: ServerArgs) -> Result<()> {
                 kobune_scheduler::start(reg).await
             })
         });
-        let identity = args.node_name.clone().unwrap_or_else(hostname);
-        kobune_controllers::leader::start_leading(server.registry.clone(), &identity, start).await?
+        if shared_store {
+            let identity = args.node_name.clone().unwrap_or_else(hostname);
+            let reg = server.registry.clone();
+            Some(kobune_controllers::leader::start_leading(reg, &identity, start).await?)
+        } else {
+            start().await?;
+            None
+        }
     };
     let reg = server.registry.clone();
     kobune_agent::volumes::set_claim_resolver(Arc::new(move |ns: &str, claim: &str| {
@@ -457,7 +466,9 @@ async fn server(args: ServerArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
         r = serve => { r??; }
     }
-    leader.shutdown().await;
+    if let Some(leader) = leader {
+        leader.shutdown().await;
+    }
     if let Some(mut dns) = dns_server {
         dns.stop();
     }
