@@ -430,3 +430,330 @@ def test_kubectl_autoscale_and_v1_status(node):
         assert node.json("get", "deploy", "idle", "-n", ns)["spec"]["replicas"] == 1
     finally:
         node.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def webapp_manifest(name, workers=4, cpu=None, scrape=True):
+    ann = '{prometheus.io/scrape: "true", prometheus.io/port: "8080"}' if scrape else "{}"
+    res = f"resources: {{requests: {{cpu: {cpu}}}}}" if cpu else "resources: {}"
+    return textwrap.dedent(f"""
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: {name}}}
+        spec:
+          replicas: 1
+          selector: {{matchLabels: {{app: {name}}}}}
+          template:
+            metadata:
+              labels: {{app: {name}}}
+              annotations: {ann}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+              - name: webapp
+                image: kobune.local/webapp:v1
+                imagePullPolicy: Never
+                env: [{{name: WORKERS, value: "{workers}"}}, {{name: DRAIN_SECONDS, value: "0"}}]
+                ports: [{{containerPort: 8080}}]
+                readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+                {res}
+        """)
+
+
+def replicas(s, ns, name):
+    return s.json("get", "deploy", name, "-n", ns)["spec"]["replicas"]
+
+
+def hpa_conditions(s, ns, name):
+    h = s.json("get", "hpa", name, "-n", ns)
+    return {c["type"]: c for c in h.get("status", {}).get("conditions", [])}
+
+
+def test_hpa_scales_webapp_under_cpu_burn(node):
+    """The web app's /burn endpoint drives CPU: the HPA scales it up on
+    CPU utilization, explains the limit it hits, and after the load stops
+    scales it down once the (short) stabilization window has passed."""
+    import threading
+    import time
+    import urllib.request
+
+    ns = "hpa-burn"
+    window = 15
+    node.kubectl("create", "namespace", ns)
+    node.kubectl("apply", "-n", ns, "-f", "-", input=webapp_manifest("webapp", workers=2, cpu="100m", scrape=False)
+                 + textwrap.dedent(f"""
+        ---
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata: {{name: webapp}}
+        spec:
+          scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: webapp}}
+          minReplicas: 1
+          maxReplicas: 3
+          metrics:
+          - type: Resource
+            resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
+          behavior:
+            scaleDown: {{stabilizationWindowSeconds: {window}}}
+        """))
+    stop = threading.Event()
+    ips = []
+
+    def drive():
+        # One request at a time, round robin over the ready pods: about one
+        # core of burn in all, so each of 3 pods is far above 50% of 100m.
+        i = 0
+        while not stop.is_set():
+            if not ips:
+                time.sleep(0.2)
+                continue
+            ip = ips[i % len(ips)]
+            i += 1
+            try:
+                with urllib.request.urlopen(f"http://{ip}:8080/burn?ms=500", timeout=10) as r:
+                    r.read()
+            except OSError:
+                time.sleep(0.2)
+
+    def refresh_ips():
+        pods = node.json("get", "pods", "-n", ns, "-l", "app=webapp")["items"]
+        ips[:] = [p["status"]["podIP"] for p in pods
+                  if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")
+                  and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+        return ips
+
+    driver = threading.Thread(target=drive, daemon=True)
+    try:
+        node.kubectl("wait", "--for=condition=Available", "deploy/webapp", "-n", ns, "--timeout=60s")
+        refresh_ips()
+        driver.start()
+
+        def scaled_up():
+            refresh_ips()
+            return replicas(node, ns, "webapp") == 3
+        try:
+            wait_for(scaled_up, timeout=120, every=2, what="scale up to maxReplicas under CPU burn")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(node, ns, 'webapp')}") from None
+        text = describe(node, ns, "webapp")
+        assert re.search(r"New size: [23]; reason: cpu resource utilization \(percentage of request\) above target",
+                         text), text
+        st = node.json("get", "hpa", "webapp", "-n", ns)["status"]
+        assert st["currentMetrics"][0]["resource"]["current"]["averageUtilization"] > 50, st
+
+        # Still burning at maxReplicas: the HPA says it is held by the maximum.
+        def limited():
+            refresh_ips()
+            c = hpa_conditions(node, ns, "webapp")
+            return c.get("ScalingLimited", {}).get("reason") == "TooManyReplicas" and c
+        try:
+            conds = wait_for(limited, timeout=60, every=2, what="ScalingLimited=TooManyReplicas")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(node, ns, 'webapp')}") from None
+        assert conds["ScalingLimited"]["status"] == "True"
+        assert conds["ScalingLimited"]["message"] == "the desired replica count is more than the maximum replica count"
+        assert conds["ScalingActive"]["reason"] == "ValidMetricFound"
+        get = node.kubectl("get", "hpa", "webapp", "-n", ns).stdout
+        assert re.search(r"cpu: \d+%/50%", get), get
+
+        # Load stops: utilization falls, the recommendation is held for the
+        # window (ScaleDownStabilized), then the HPA goes back to minReplicas.
+        stop.set()
+        driver.join(timeout=15)
+        stabilized_at = []
+
+        def scaled_down():
+            c = hpa_conditions(node, ns, "webapp")
+            if c.get("AbleToScale", {}).get("reason") == "ScaleDownStabilized" and not stabilized_at:
+                stabilized_at.append(time.time())
+            return replicas(node, ns, "webapp") == 1
+        try:
+            wait_for(scaled_down, timeout=150, every=1, what="scale down to minReplicas after the window")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(node, ns, 'webapp')}") from None
+        assert stabilized_at, "the scale down was never held by the stabilization window"
+        text = describe(node, ns, "webapp")
+        assert "New size: 1; reason: All metrics below target" in text, text
+        st = node.json("get", "hpa", "webapp", "-n", ns)["status"]
+        assert st["currentMetrics"][0]["resource"]["current"]["averageUtilization"] < 50, st
+    finally:
+        stop.set()
+        node.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_hpa_on_object_metric_of_a_service(node):
+    """An Object metric: the busy workers of the pods behind a Service (the
+    sum over the pods it selects, as custom.metrics.k8s.io serves it)
+    against a Value target; failing Object and External metrics explain
+    themselves."""
+    import threading
+    import urllib.request
+
+    ns = "hpa-object"
+    node.kubectl("create", "namespace", ns)
+    node.kubectl("apply", "-n", ns, "-f", "-", input=webapp_manifest("webapp", workers=4) + textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: webapp}
+        spec:
+          selector: {app: webapp}
+          ports: [{port: 80, targetPort: 8080}]
+        ---
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata: {name: webapp}
+        spec:
+          scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: webapp}
+          minReplicas: 1
+          maxReplicas: 3
+          metrics:
+          - type: Object
+            object:
+              describedObject: {apiVersion: v1, kind: Service, name: webapp}
+              metric: {name: webapp_busy_workers}
+              target: {type: Value, value: "2"}
+          behavior:
+            scaleDown: {stabilizationWindowSeconds: 0}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: other}
+        spec:
+          replicas: 1
+          selector: {matchLabels: {app: other}}
+          template:
+            metadata: {labels: {app: other}}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+              - {name: sleep, image: "kobune.local/busybox:1", imagePullPolicy: Never, command: [sleep, "3600"]}
+        ---
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata: {name: missing}
+        spec:
+          scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: other}
+          minReplicas: 1
+          maxReplicas: 3
+          metrics:
+          - type: Object
+            object:
+              describedObject: {apiVersion: v1, kind: Service, name: nosuch}
+              metric: {name: webapp_busy_workers}
+              target: {type: AverageValue, averageValue: "1"}
+        ---
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata: {name: perpod}
+        spec:
+          scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: other}
+          minReplicas: 1
+          maxReplicas: 3
+          metrics:
+          - type: Object
+            object:
+              describedObject: {apiVersion: apps/v1, kind: Deployment, name: webapp}
+              metric: {name: webapp_idle_workers}
+              target: {type: AverageValue, averageValue: "100"}
+        ---
+        apiVersion: autoscaling/v2
+        kind: HorizontalPodAutoscaler
+        metadata: {name: external}
+        spec:
+          scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: other}
+          minReplicas: 1
+          maxReplicas: 3
+          metrics:
+          - type: External
+            external:
+              metric: {name: queue_depth}
+              target: {type: Value, value: "10"}
+        """))
+    base = f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}"
+    try:
+        node.kubectl("wait", "--for=condition=Available", "deploy/webapp", "-n", ns, "--timeout=60s")
+        # The object metrics the HPA reads, through kubectl get --raw.
+        doc = wait_for(lambda: raw(node, f"{base}/services/webapp/webapp_idle_workers", check=False),
+                       timeout=20, what="the Service's metric")
+        assert doc["kind"] == "MetricValueList"
+        item = doc["items"][0]
+        assert item["describedObject"] == {"kind": "Service", "namespace": ns, "name": "webapp", "apiVersion": "/v1"}
+        assert item["metric"]["name"] == "webapp_idle_workers" and item["value"] == "4"
+        item = raw(node, f"{base}/deployments.apps/webapp/webapp_idle_workers")["items"][0]
+        assert item["describedObject"]["kind"] == "Deployment" and item["describedObject"]["apiVersion"] == "apps/v1"
+        assert item["value"] == "4"
+        listed = raw(node, f"{base}/services/*/webapp_idle_workers")["items"]
+        assert [i["describedObject"]["name"] for i in listed] == ["webapp"]
+        assert raw(node, f"{base}/metrics/webapp_idle_workers")["items"][0]["describedObject"] == {
+            "kind": "Namespace", "name": ns, "apiVersion": "/v1"}
+        r = node.kubectl("get", "--raw", f"{base}/services/nosuch/webapp_idle_workers", check=False)
+        assert r.returncode != 0 and 'services "nosuch" not found' in r.stderr, r.stderr
+        listing = [x["name"] for x in raw(node, "/apis/custom.metrics.k8s.io/v1beta2")["resources"]]
+        assert "services/webapp_idle_workers" in listing and "deployments.apps/webapp_busy_workers" in listing
+
+        pod = node.json("get", "pods", "-n", ns, "-l", "app=webapp")["items"][0]
+        ip = pod["status"]["podIP"]
+
+        def hold():
+            with urllib.request.urlopen(f"http://{ip}:8080/sleep?ms=40000", timeout=90) as r:
+                r.read()
+        threads = [threading.Thread(target=hold, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        # 3 busy workers behind the Service against 2: 1.5 x the ready pods,
+        # until maxReplicas.
+        try:
+            wait_for(lambda: replicas(node, ns, "webapp") == 3, timeout=35, what="scale up on the Object metric")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(node, ns, 'webapp')}") from None
+        text = describe(node, ns, "webapp")
+        assert re.search(r"New size: [23]; reason: Service metric webapp_busy_workers above target", text), text
+        assert '"webapp_busy_workers" on Service/webapp' in text, text
+        cur = node.json("get", "hpa", "webapp", "-n", ns)["status"]["currentMetrics"][0]
+        assert cur["type"] == "Object", cur
+        assert cur["object"]["describedObject"] == {"apiVersion": "v1", "kind": "Service", "name": "webapp"}
+        assert cur["object"]["metric"] == {"name": "webapp_busy_workers"}
+        assert cur["object"]["current"] == {"value": "3"}, cur
+        c = hpa_conditions(node, ns, "webapp")
+        assert c["ScalingActive"]["message"] == ("the HPA was able to successfully calculate a replica count "
+                                                 "from Service metric webapp_busy_workers")
+        # The Service's idle workers are summed over its three pods: 1 + 4 + 4.
+        def idle_sum():
+            d = raw(node, f"{base}/services/webapp/webapp_idle_workers", check=False)
+            return d and d["items"][0]["value"]
+        wait_for(lambda: idle_sum() == "9", timeout=30, what="idle workers summed over the Service's pods")
+
+        for t in threads:
+            t.join(timeout=90)
+        wait_for(lambda: replicas(node, ns, "webapp") == 1, timeout=60, what="scale down once the workers are idle")
+        assert "New size: 1; reason: All metrics below target" in describe(node, ns, "webapp")
+
+        # An Object metric of a Service that does not exist.
+        def failed(name):
+            c = hpa_conditions(node, ns, name)
+            return c.get("ScalingActive", {}).get("status") == "False" and c["ScalingActive"]
+        cond = wait_for(lambda: failed("missing"), timeout=30, what="missing: ScalingActive=False")
+        assert cond["reason"] == "FailedGetObjectMetric"
+        assert cond["message"] == (
+            "the HPA was unable to compute the replica count: unable to get metric webapp_busy_workers: "
+            f"Service on {ns} nosuch/unable to fetch metrics from custom metrics API: services \"nosuch\" not found")
+        assert "FailedGetObjectMetric" in describe(node, ns, "missing")
+        cond = wait_for(lambda: failed("external"), timeout=30, what="external: ScalingActive=False")
+        assert cond["reason"] == "FailedGetExternalMetric"
+        assert "no external metrics API (external.metrics.k8s.io) is served" in cond["message"]
+        assert "FailedGetExternalMetric" in describe(node, ns, "external")
+        # AverageValue: the webapp Deployment's idle workers (4 now) shared
+        # by the one replica of `other`, far below 100 each: stays at 1.
+        def per_pod():
+            h = node.json("get", "hpa", "perpod", "-n", ns)
+            cur = h.get("status", {}).get("currentMetrics") or [{}]
+            return cur[0].get("object", {}).get("current") == {"averageValue": "4"} and h
+        h = wait_for(per_pod, timeout=30, what="perpod: averageValue 4")
+        c = {c["type"]: c for c in h["status"]["conditions"]}
+        assert c["ScalingActive"]["message"] == ("the HPA was able to successfully calculate a replica count "
+                                                 "from Deployment metric webapp_idle_workers")
+        assert h["status"]["currentMetrics"][0]["object"]["describedObject"]["kind"] == "Deployment"
+        assert h["status"]["desiredReplicas"] == 1
+        assert replicas(node, ns, "other") == 1
+    finally:
+        node.kubectl("delete", "namespace", ns, "--wait=false")

@@ -90,3 +90,38 @@ def test_drain_evicts_pods(cluster):
         assert cluster.kubectl("get", "pod", f"d{i}", "-n", ns, check=False).returncode != 0
     assert cluster.json("get", "node", "sim-1")["spec"]["unschedulable"] is True
     cluster.kubectl("uncordon", "sim-1")
+
+
+def test_binding_subresource_sets_node_and_condition_in_one_write(cluster):
+    """POST pods/binding (what kube-scheduler sends): one write sets
+    spec.nodeName and PodScheduled=True; a second binding is a 409 naming the
+    node; a uid precondition that does not match is refused."""
+    import kubernetes
+    from kubernetes.client.rest import ApiException
+
+    ns = new_ns(cluster, None)
+    api = kubernetes.client.CoreV1Api(cluster.client())
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "manual"},
+           "spec": {"schedulerName": "someone-else",
+                    "containers": [{"name": "c", "image": "example.com/c:1"}]}}
+    created = api.create_namespaced_pod(ns, pod)
+    assert created.spec.node_name is None
+    wrong = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "manual", "uid": "not-the-uid"},
+             "target": {"apiVersion": "v1", "kind": "Node", "name": "sim-1"}}
+    with pytest.raises(ApiException) as e:
+        api.create_namespaced_pod_binding("manual", ns, wrong, _preload_content=False)
+    assert e.value.status == 409 and "Precondition failed" in str(e.value.body)
+    binding = {"apiVersion": "v1", "kind": "Binding",
+               "metadata": {"name": "manual", "uid": created.metadata.uid, "annotations": {"bound-by": "test"}},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "sim-1"}}
+    resp = api.create_namespaced_pod_binding("manual", ns, binding, _preload_content=False)
+    assert resp.status == 201
+    p = pod_json(cluster, ns, "manual")
+    assert p["spec"]["nodeName"] == "sim-1"
+    assert p["metadata"]["annotations"]["bound-by"] == "test"
+    sched = [c for c in p["status"]["conditions"] if c["type"] == "PodScheduled"]
+    assert sched and sched[0]["status"] == "True"
+    with pytest.raises(ApiException) as e:
+        api.create_namespaced_pod_binding("manual", ns, binding, _preload_content=False)
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["message"].endswith('pod manual is already assigned to node "sim-1"')

@@ -1,5 +1,6 @@
-//! The few API calls simulated nodes make, behind [`NodeApi`], so the same
-//! node logic ([`crate::start_simulated_with`]) runs inside `kobune server`
+//! The API calls nodes make, behind [`NodeApi`], so the same node logic
+//! (simulated: [`crate::start_simulated_with`]; real:
+//! [`crate::node::start_node_with`]) runs inside `kobune server`
 //! ([`LocalApi`], straight on the registry and its watch cache) and in a
 //! separate `kobune agent` process ([`crate::remote::RemoteApi`], over HTTPS).
 
@@ -52,6 +53,92 @@ pub trait NodeApi: Send + Sync + 'static {
         nodes: Arc<HashSet<String>>,
         handler: PodHandler,
     ) -> anyhow::Result<Arc<dyn PodCache>>;
+
+    // What a real node (containerd) needs besides the above.
+
+    /// Creates the Node, or updates the labels and status of an existing
+    /// one (a restarted kubelet); returns its uid.
+    async fn sync_node(&self, node: Value) -> anyhow::Result<Value>;
+    /// The Node as last seen (a cache read where there is one).
+    async fn get_node(&self, name: &str) -> Option<Value>;
+    /// Merge-patches a Node's status subresource.
+    async fn patch_node_status(&self, name: &str, status: &Value) -> anyhow::Result<()>;
+    /// Merge-patches a pod's status subresource (lists replaced whole).
+    async fn merge_pod_status(&self, ns: &str, name: &str, status: &Value) -> anyhow::Result<()>;
+    /// Creates a core/v1 Event.
+    async fn create_event(&self, ns: &str, event: Value) -> anyhow::Result<()>;
+    /// Merge-patches an Event (count and lastTimestamp of repeats).
+    async fn patch_event(&self, ns: &str, name: &str, patch: &Value) -> anyhow::Result<()>;
+    /// Starts whatever [`NodeApi::lookup`] needs (remote: watch caches);
+    /// returns once they hold a first listing.
+    async fn start_lookups(self: Arc<Self>) -> anyhow::Result<()>;
+    /// A ConfigMap, Secret, ServiceAccount, PersistentVolumeClaim or
+    /// (with `ns` empty) PersistentVolume from a local copy.
+    fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value>;
+}
+
+/// The objects a real node reads by name while running pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    ConfigMap,
+    Secret,
+    ServiceAccount,
+    PersistentVolumeClaim,
+    PersistentVolume,
+}
+
+impl Lookup {
+    pub const ALL: [Lookup; 5] = [
+        Lookup::ConfigMap,
+        Lookup::Secret,
+        Lookup::ServiceAccount,
+        Lookup::PersistentVolumeClaim,
+        Lookup::PersistentVolume,
+    ];
+
+    /// The resource's plural name (all are core/v1).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Lookup::ConfigMap => "configmaps",
+            Lookup::Secret => "secrets",
+            Lookup::ServiceAccount => "serviceaccounts",
+            Lookup::PersistentVolumeClaim => "persistentvolumeclaims",
+            Lookup::PersistentVolume => "persistentvolumes",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        self != Lookup::PersistentVolume
+    }
+}
+
+/// `persistentVolumeClaim` volumes through [`NodeApi::lookup`]: the bound
+/// PersistentVolume's hostPath or local path (the rule of
+/// `kobune_controllers::local_path::claim_path`, for nodes without the
+/// registry).
+pub fn claim_resolver(api: Arc<dyn NodeApi>) -> crate::volumes::ClaimResolver {
+    Arc::new(move |ns: &str, claim: &str| {
+        let pvc = api
+            .lookup(Lookup::PersistentVolumeClaim, ns, claim)
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+        let volume = pvc
+            .pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if volume.is_empty()
+            || pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound")
+        {
+            return Err(format!("persistentvolumeclaim \"{claim}\" is not bound"));
+        }
+        let pv = api
+            .lookup(Lookup::PersistentVolume, "", volume)
+            .ok_or_else(|| format!("persistentvolume \"{volume}\" not found"))?;
+        pv.pointer("/spec/hostPath/path")
+            .or_else(|| pv.pointer("/spec/local/path"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("persistentvolume \"{volume}\" has no local or hostPath source"))
+    })
 }
 
 /// [`NodeApi`] on the in-process registry.
@@ -62,6 +149,8 @@ pub struct LocalApi {
     leases: Arc<ResourceInfo>,
     pods: Arc<ResourceInfo>,
     namespaces: Arc<ResourceInfo>,
+    events: Arc<ResourceInfo>,
+    lookups: [Arc<ResourceInfo>; 5],
 }
 
 impl LocalApi {
@@ -71,6 +160,14 @@ impl LocalApi {
             leases: find(&registry, "coordination.k8s.io", "v1", "leases")?,
             pods: find(&registry, "", "v1", "pods")?,
             namespaces: find(&registry, "", "v1", "namespaces")?,
+            events: find(&registry, "", "v1", "events")?,
+            lookups: [
+                find(&registry, "", "v1", Lookup::ConfigMap.plural())?,
+                find(&registry, "", "v1", Lookup::Secret.plural())?,
+                find(&registry, "", "v1", Lookup::ServiceAccount.plural())?,
+                find(&registry, "", "v1", Lookup::PersistentVolumeClaim.plural())?,
+                find(&registry, "", "v1", Lookup::PersistentVolume.plural())?,
+            ],
             opts: WriteOptions {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
@@ -198,7 +295,8 @@ impl NodeApi for LocalApi {
         };
         match self.registry.delete(&self.pods, Some(ns), name, &del).await {
             Ok(_) => Ok(()),
-            Err(e) if e.code == 404 => Ok(()),
+            // Gone, or replaced by a new pod of the same name.
+            Err(e) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(anyhow::anyhow!("deleting pod {ns}/{name}: {e}")),
         }
     }
@@ -215,5 +313,121 @@ impl NodeApi for LocalApi {
             })
             .map_err(|e| anyhow::anyhow!("watching pods: {e}"))?;
         Ok(informer)
+    }
+
+    async fn sync_node(&self, node: Value) -> anyhow::Result<Value> {
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let status = node["status"].clone();
+        let labels = node["metadata"]["labels"].clone();
+        match self
+            .registry
+            .create(&self.nodes, None, node, &self.opts)
+            .await
+        {
+            Ok(r) => Ok(r.object["metadata"]["uid"].clone()),
+            Err(e) if e.code == 409 => {
+                let patch = json!({"metadata": {"labels": labels}});
+                self.registry
+                    .patch(
+                        &self.nodes,
+                        None,
+                        &name,
+                        PatchKind::Merge,
+                        &patch,
+                        &self.opts,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("updating node {name}: {e}"))?;
+                let r = self
+                    .registry
+                    .patch(
+                        &self.nodes,
+                        None,
+                        &name,
+                        PatchKind::Merge,
+                        &json!({ "status": status }),
+                        &self.opts,
+                        Some("status"),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("updating status of node {name}: {e}"))?;
+                Ok(r.object["metadata"]["uid"].clone())
+            }
+            Err(e) => anyhow::bail!("registering node {name}: {e}"),
+        }
+    }
+
+    async fn get_node(&self, name: &str) -> Option<Value> {
+        self.registry.get_cached(&self.nodes, None, name).ok()
+    }
+
+    async fn patch_node_status(&self, name: &str, status: &Value) -> anyhow::Result<()> {
+        self.registry
+            .patch(
+                &self.nodes,
+                None,
+                name,
+                PatchKind::Merge,
+                &json!({ "status": status }),
+                &self.opts,
+                Some("status"),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn merge_pod_status(&self, ns: &str, name: &str, status: &Value) -> anyhow::Result<()> {
+        self.registry
+            .patch(
+                &self.pods,
+                Some(ns),
+                name,
+                PatchKind::Merge,
+                &json!({ "status": status }),
+                &self.opts,
+                Some("status"),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn create_event(&self, ns: &str, event: Value) -> anyhow::Result<()> {
+        self.registry
+            .create(&self.events, Some(ns), event, &self.opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn patch_event(&self, ns: &str, name: &str, patch: &Value) -> anyhow::Result<()> {
+        self.registry
+            .patch(
+                &self.events,
+                Some(ns),
+                name,
+                PatchKind::Merge,
+                patch,
+                &self.opts,
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn start_lookups(self: Arc<Self>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value> {
+        let i = Lookup::ALL.iter().position(|k| *k == kind)?;
+        let ns = kind.namespaced().then_some(ns);
+        self.registry.get_cached(&self.lookups[i], ns, name).ok()
     }
 }

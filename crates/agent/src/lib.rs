@@ -15,6 +15,8 @@
 pub mod api;
 pub mod client;
 pub mod dns;
+pub mod join;
+pub mod kubelet_server;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -29,7 +31,7 @@ pub use node::{start_node, NodeConfig, NodeHandle};
 pub use api::{NodeApi, PodCache};
 
 use kobune_apimachinery::ResourceInfo;
-use kobune_apiserver::registry::{now_rfc3339, WriteOptions};
+use kobune_apiserver::registry::now_rfc3339;
 use kobune_apiserver::Registry;
 use kobune_controllers::runtime::{run_controller, WorkQueue};
 use serde_json::{json, Value};
@@ -188,20 +190,6 @@ fn find(
     reg.resources
         .find(group, version, plural)
         .ok_or_else(|| anyhow::anyhow!("{plural} are not served"))
-}
-
-async fn ensure_namespace(reg: &Registry, name: &str, opts: &WriteOptions) -> anyhow::Result<()> {
-    let info = find(reg, "", "v1", "namespaces")?;
-    if reg.get_cached(&info, None, name).is_err() {
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match reg.create(&info, None, ns, opts).await {
-            Ok(_) => {}
-            Err(e) if e.code == 409 => {}
-            Err(e) => return Err(anyhow::anyhow!("creating namespace {name}: {e}")),
-        }
-        reg.cache.sync().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    Ok(())
 }
 
 /// Registers `count` simulated nodes named `{prefix}-{i}` and runs them:

@@ -2,11 +2,12 @@
 //! the Node object with its Lease and heartbeat, the pod workers
 //! ([`crate::pods`]) and the log endpoint ([`crate::logs`]).
 
+use crate::api::NodeApi;
 use crate::logs::{NodeLogs, PodLogIndex};
 use crate::pods::PodManager;
-use crate::{ensure_namespace, find, micro_now, FIELD_MANAGER, KUBELET_VERSION, LEASE_NAMESPACE};
-use kobune_apiserver::kubelet::Kubelets;
-use kobune_apiserver::registry::{now_rfc3339, PatchKind, WriteOptions};
+use crate::{micro_now, KUBELET_VERSION, LEASE_NAMESPACE};
+use kobune_apiserver::kubelet::{Kubelet, Kubelets};
+use kobune_apiserver::registry::now_rfc3339;
 use kobune_apiserver::Registry;
 use kobune_cri::{CniConfig, Containerd, Cri};
 use serde_json::{json, Value};
@@ -18,6 +19,8 @@ use std::time::Duration;
 pub const HOST_IP: &str = "127.0.0.1";
 /// The pod network bridge of our containerd.
 pub const BRIDGE: &str = "kobune0";
+/// The kubelet port a Node advertises by default.
+pub const KUBELET_PORT: u16 = 10250;
 const LEASE_SECONDS: i64 = 40;
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(40);
@@ -38,6 +41,28 @@ pub struct NodeConfig {
     pub dns: crate::dns::PodDnsSettings,
 }
 
+/// Where a node is reached: what [`start_node`] uses for the node inside
+/// `kobune server`, set otherwise by `kobune agent`.
+#[derive(Debug, Clone)]
+pub struct NodeNetwork {
+    /// The Node's InternalIP (and its pods' hostIP).
+    pub host_ip: String,
+    /// `status.daemonEndpoints.kubeletEndpoint.Port`.
+    pub kubelet_port: u16,
+    /// The pod network's bridge.
+    pub bridge: String,
+}
+
+impl Default for NodeNetwork {
+    fn default() -> Self {
+        NodeNetwork {
+            host_ip: HOST_IP.into(),
+            kubelet_port: KUBELET_PORT,
+            bridge: BRIDGE.into(),
+        }
+    }
+}
+
 /// A running node agent. Dropping it stops the agent's loops and our
 /// containerd (containers keep running in their shims; the next start
 /// removes them).
@@ -46,6 +71,8 @@ pub struct NodeHandle {
     pub log_root: PathBuf,
     pub runtime: Containerd,
     pub cri: Cri,
+    /// What the API server calls for logs, streams and stats of this node.
+    pub kubelet: Arc<dyn Kubelet>,
     pods: Arc<PodManager>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -135,6 +162,16 @@ fn condition(t: &str, s: &str, reason: &str, msg: &str, now: &str) -> Value {
 
 /// The Node's status as this agent reports it.
 pub fn node_status(name: &str, data_dir: &Path, runtime_version: &str) -> Value {
+    node_status_at(name, data_dir, runtime_version, &NodeNetwork::default())
+}
+
+/// [`node_status`] with the node's address and kubelet port.
+pub fn node_status_at(
+    name: &str,
+    data_dir: &Path,
+    runtime_version: &str,
+    net: &NodeNetwork,
+) -> Value {
     let now = now_rfc3339();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -155,10 +192,10 @@ pub fn node_status(name: &str, data_dir: &Path, runtime_version: &str) -> Value 
             condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now),
         ],
         "addresses": [
-            {"type": "InternalIP", "address": HOST_IP},
+            {"type": "InternalIP", "address": net.host_ip},
             {"type": "Hostname", "address": name}
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": net.kubelet_port}},
         "nodeInfo": {
             "machineID": read_trim("/etc/machine-id"),
             "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
@@ -199,12 +236,27 @@ fn node_labels(name: &str) -> Value {
     })
 }
 
-/// Starts the node agent for this machine; returns once the runtime is up,
-/// the Node is registered and pods bound to it are being synced.
+/// Starts the node agent for this machine inside `kobune server`; returns
+/// once the runtime is up, the Node is registered and pods bound to it are
+/// being synced.
 pub async fn start_node(
     registry: Arc<Registry>,
     kubelets: Arc<Kubelets>,
     cfg: NodeConfig,
+) -> anyhow::Result<NodeHandle> {
+    let api = Arc::new(crate::api::LocalApi::new(registry)?);
+    let handle = start_node_with(api, cfg, NodeNetwork::default()).await?;
+    kubelets.register(&handle.name, handle.kubelet.clone());
+    Ok(handle)
+}
+
+/// As [`start_node`], through any [`NodeApi`] (`kobune agent`: a remote
+/// API server) and with the node's own address, kubelet port and bridge.
+/// The caller serves [`NodeHandle::kubelet`] to the API server.
+pub async fn start_node_with(
+    api: Arc<dyn NodeApi>,
+    cfg: NodeConfig,
+    net: NodeNetwork,
 ) -> anyhow::Result<NodeHandle> {
     use anyhow::Context;
     let runtime = match &cfg.cri_socket {
@@ -212,7 +264,7 @@ pub async fn start_node(
         None => {
             let cni = CniConfig {
                 pod_cidr: cfg.pod_cidr.clone(),
-                bridge: BRIDGE.into(),
+                bridge: net.bridge.clone(),
             };
             Containerd::start(&cfg.data_dir.join("containerd"), cni)
                 .await
@@ -245,50 +297,10 @@ pub async fn start_node(
     std::fs::create_dir_all(&pods_root)
         .with_context(|| format!("creating {}", pods_root.display()))?;
 
-    let opts = WriteOptions {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    let nodes = find(&registry, "", "v1", "nodes")?;
-    let status = node_status(&cfg.name, &cfg.data_dir, &runtime_version);
-    let uid = match registry
-        .create(&nodes, None, node_object(&cfg, status.clone()), &opts)
-        .await
-    {
-        Ok(r) => r.object["metadata"]["uid"].clone(),
-        Err(e) if e.code == 409 => {
-            let patch = json!({"metadata": {"labels": node_labels(&cfg.name)}});
-            registry
-                .patch(
-                    &nodes,
-                    None,
-                    &cfg.name,
-                    PatchKind::Merge,
-                    &patch,
-                    &opts,
-                    None,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("updating node {}: {e}", cfg.name))?;
-            let r = registry
-                .patch(
-                    &nodes,
-                    None,
-                    &cfg.name,
-                    PatchKind::Merge,
-                    &json!({ "status": status }),
-                    &opts,
-                    Some("status"),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("updating status of node {}: {e}", cfg.name))?;
-            r.object["metadata"]["uid"].clone()
-        }
-        Err(e) => anyhow::bail!("registering node {}: {e}", cfg.name),
-    };
+    let status = node_status_at(&cfg.name, &cfg.data_dir, &runtime_version, &net);
+    let uid = api.sync_node(node_object(&cfg, status)).await?;
 
-    ensure_namespace(&registry, LEASE_NAMESPACE, &opts).await?;
-    let leases = find(&registry, "coordination.k8s.io", "v1", "leases")?;
+    api.ensure_namespace(LEASE_NAMESPACE).await?;
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -301,68 +313,39 @@ pub async fn start_node(
     });
     let mut tasks = vec![];
     {
-        let (reg, o, name) = (registry.clone(), opts.clone(), cfg.name.clone());
+        let (api, name) = (api.clone(), cfg.name.clone());
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_RENEW);
             loop {
                 tick.tick().await;
-                let renew = json!({"spec": {"holderIdentity": name, "renewTime": micro_now()}});
-                let r = reg
-                    .patch(
-                        &leases,
-                        Some(LEASE_NAMESPACE),
-                        &name,
-                        PatchKind::Merge,
-                        &renew,
-                        &o,
-                        None,
-                    )
-                    .await;
-                match r {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 => {
-                        let mut l = lease.clone();
-                        l["spec"]["renewTime"] = json!(micro_now());
-                        if let Err(e) = reg.create(&leases, Some(LEASE_NAMESPACE), l, &o).await {
-                            tracing::warn!(node = %name, "creating lease failed: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!(node = %name, "renewing lease failed: {e}"),
+                let mut l = lease.clone();
+                l["spec"]["renewTime"] = json!(micro_now());
+                // A missing Lease is created again.
+                if let Err(e) = api.renew_lease(&l).await {
+                    tracing::warn!(node = %name, "renewing lease failed: {e:#}");
                 }
             }
         }));
     }
     {
-        let (reg, o, name, data_dir) = (
-            registry.clone(),
-            opts.clone(),
+        let (api, name, data_dir, net) = (
+            api.clone(),
             cfg.name.clone(),
             cfg.data_dir.clone(),
+            net.clone(),
         );
-        let nodes = nodes.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let mut status = node_status(&name, &data_dir, &runtime_version);
+                let mut status = node_status_at(&name, &data_dir, &runtime_version, &net);
                 // Keep transition times of unchanged conditions.
-                if let Ok(cur) = reg.get_cached(&nodes, None, &name) {
+                if let Some(cur) = api.get_node(&name).await {
                     keep_transition_times(&mut status, &cur["status"]);
                 }
-                if let Err(e) = reg
-                    .patch(
-                        &nodes,
-                        None,
-                        &name,
-                        PatchKind::Merge,
-                        &json!({ "status": status }),
-                        &o,
-                        Some("status"),
-                    )
-                    .await
-                {
-                    tracing::warn!(node = %name, "node heartbeat failed: {e}");
+                if let Err(e) = api.patch_node_status(&name, &status).await {
+                    tracing::warn!(node = %name, "node heartbeat failed: {e:#}");
                 }
             }
         }));
@@ -370,32 +353,31 @@ pub async fn start_node(
 
     let log_index = PodLogIndex::default();
     let pods = PodManager::start(
-        registry.clone(),
+        api.clone(),
         cfg.name.clone(),
+        net.host_ip.clone(),
         cri.clone(),
         log_root.clone(),
         pods_root,
         log_index.clone(),
         cfg.dns.clone(),
-        &mut tasks,
-    )?;
+    )
+    .await?;
     let stats = Arc::new(crate::stats::StatsCollector::default());
     tasks.push(stats.spawn(cri.clone()));
-    kubelets.register(
-        &cfg.name,
-        Arc::new(NodeLogs {
-            log_root: log_root.clone(),
-            cri: cri.clone(),
-            pods: log_index,
-            stats: Some(stats),
-        }),
-    );
+    let kubelet: Arc<dyn Kubelet> = Arc::new(NodeLogs {
+        log_root: log_root.clone(),
+        cri: cri.clone(),
+        pods: log_index,
+        stats: Some(stats),
+    });
     tracing::info!(node = %cfg.name, runtime = %runtime.socket().display(), "node agent started");
     Ok(NodeHandle {
         name: cfg.name,
         log_root,
         runtime,
         cri,
+        kubelet,
         pods,
         tasks,
     })

@@ -4,17 +4,12 @@
 //! exited containers with CrashLoopBackOff backoff, and stops it when the
 //! pod is deleted.
 
+use crate::api::{Lookup, NodeApi, PodCache};
 use crate::logs::{PodLogIndex, PodLogInfo};
-use crate::node::HOST_IP;
 use crate::probes::{has_probes, run_hook, Prober};
 use crate::volumes::{self, PodVolumes};
-use crate::{find, FIELD_MANAGER};
 use base64::Engine;
-use kobune_apimachinery::ResourceInfo;
-use kobune_apiserver::cache::CacheEvent;
-use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, WriteOptions};
-use kobune_apiserver::Registry;
-use kobune_controllers::runtime::Informer;
+use kobune_apiserver::registry::now_rfc3339;
 use kobune_cri::pod::{
     pod_status, pull_policy, restart_container, run_pod, should_restart, stop_container, stop_pod,
     VOLUME_PATHS_KEY,
@@ -23,8 +18,8 @@ use kobune_cri::{ContainerState, Cri, PodRuntimeStatus, RunningPod};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -95,64 +90,89 @@ type WorkerHandle = (Arc<Notify>, tokio::task::JoinHandle<()>);
 
 /// All pod workers of the node.
 pub struct PodManager {
-    registry: Arc<Registry>,
+    api: Arc<dyn NodeApi>,
     node: String,
+    /// The node's address: hostIP of its pods, and the pod IP of
+    /// hostNetwork pods.
+    host_ip: String,
     cri: Cri,
     log_root: PathBuf,
     pods_root: PathBuf,
     log_index: PodLogIndex,
     /// How pods' resolv.conf is formed.
     dns: crate::dns::PodDnsSettings,
-    pods: Arc<ResourceInfo>,
-    events: Arc<ResourceInfo>,
-    configmaps: Arc<ResourceInfo>,
-    secrets: Arc<ResourceInfo>,
-    informer: Arc<Informer>,
+    /// The pods bound to this node, as last seen (set once the first
+    /// listing is in).
+    informer: OnceLock<Arc<dyn PodCache>>,
+    /// Pods seen before `informer` was set; `None` afterwards.
+    pending: Mutex<Option<Vec<String>>>,
+    /// Set by shutdown: no new workers.
+    stopped: AtomicBool,
     workers: Mutex<HashMap<String, WorkerHandle>>,
-    opts: WriteOptions,
 }
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A new pod may get the IP of a pod that is gone, whose MAC the host may
+/// still cache (a STALE neighbour entry is re-checked only after seconds,
+/// and until then host-to-pod packets go nowhere): forget it.
+async fn forget_neighbour(ip: &str) {
+    let ip = ip.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ip")
+            .args(["neigh", "flush", "to", &ip])
+            .output()
+    })
+    .await;
+    if let Ok(Ok(o)) = out {
+        if !o.status.success() {
+            tracing::debug!("ip neigh flush: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
 impl PodManager {
-    /// Starts following pods bound to `node`; the informer task is pushed
-    /// onto `tasks`. Pod volumes live under `pods_root/<uid>`.
+    /// Starts following pods bound to `node` through `api`; returns once
+    /// the first listing is in. Pod volumes live under `pods_root/<uid>`.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        registry: Arc<Registry>,
+    pub async fn start(
+        api: Arc<dyn NodeApi>,
         node: String,
+        host_ip: String,
         cri: Cri,
         log_root: PathBuf,
         pods_root: PathBuf,
         log_index: PodLogIndex,
         dns: crate::dns::PodDnsSettings,
-        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> anyhow::Result<Arc<PodManager>> {
-        let informer = Arc::new(Informer::new("/registry/core/pods/"));
+        api.clone().start_lookups().await?;
         let mgr = Arc::new(PodManager {
-            pods: find(&registry, "", "v1", "pods")?,
-            events: find(&registry, "", "v1", "events")?,
-            configmaps: find(&registry, "", "v1", "configmaps")?,
-            secrets: find(&registry, "", "v1", "secrets")?,
-            registry: registry.clone(),
-            node,
+            api: api.clone(),
+            node: node.clone(),
+            host_ip,
             cri,
             log_root,
             pods_root,
             log_index,
             dns,
-            informer: informer.clone(),
+            informer: OnceLock::new(),
+            pending: Mutex::new(Some(vec![])),
+            stopped: AtomicBool::new(false),
             workers: Mutex::default(),
-            opts: WriteOptions {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
         });
         let m = mgr.clone();
-        let task = informer
-            .start(&registry.cache, move |_, ev| m.on_event(ev))
-            .map_err(|e| anyhow::anyhow!("starting the pod informer: {e}"))?;
-        tasks.push(task);
+        let handler: crate::api::PodHandler =
+            Arc::new(move |key: &str, pod: &Value, _gone: bool| m.on_event(key, pod));
+        let nodes = Arc::new([node].into_iter().collect());
+        let cache = api.watch_pods(nodes, handler).await?;
+        let _ = mgr.informer.set(cache);
+        // Pods seen during the first listing get their workers now.
+        let early = lock(&mgr.pending).take().unwrap_or_default();
+        for key in early {
+            if let Some(pod) = mgr.pod(&key) {
+                mgr.on_event(&key, &pod);
+            }
+        }
         Ok(mgr)
     }
 
@@ -160,21 +180,33 @@ impl PodManager {
         str_at(pod, "/spec/nodeName") == self.node
     }
 
-    fn on_event(self: &Arc<Self>, ev: &CacheEvent) {
+    fn pod(&self, key: &str) -> Option<Value> {
+        self.informer.get().and_then(|c| c.get(key))
+    }
+
+    fn on_event(self: &Arc<Self>, key: &str, pod: &Value) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(pending) = lock(&self.pending).as_mut() {
+            pending.push(key.to_string());
+            return;
+        }
         let mut workers = lock(&self.workers);
-        if let Some((n, _)) = workers.get(&ev.key) {
+        if let Some((n, _)) = workers.get(key) {
             n.notify_one();
-        } else if self.ours(&ev.object) {
+        } else if self.ours(pod) {
             let notify = Arc::new(Notify::new());
             let me = self.clone();
-            let (key, n) = (ev.key.clone(), notify.clone());
-            let handle = tokio::spawn(async move { me.run_worker(key, n).await });
-            workers.insert(ev.key.clone(), (notify, handle));
+            let (k, n) = (key.to_string(), notify.clone());
+            let handle = tokio::spawn(async move { me.run_worker(k, n).await });
+            workers.insert(key.to_string(), (notify, handle));
         }
     }
 
     /// Aborts every worker (pods keep running in the runtime).
     pub fn abort_workers(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         for (_, (_, h)) in lock(&self.workers).drain() {
             h.abort();
         }
@@ -205,7 +237,7 @@ impl PodManager {
                 Next::Idle => notify.notified().await,
                 Next::Exit => {
                     let mut workers = lock(&self.workers);
-                    let gone = self.informer.get(&key).filter(|p| self.ours(p)).is_none();
+                    let gone = self.pod(&key).filter(|p| self.ours(p)).is_none();
                     if gone && w.running.is_none() {
                         workers.remove(&key);
                         return;
@@ -241,7 +273,7 @@ impl PodManager {
     }
 
     async fn sync(&self, key: &str, w: &mut Worker) -> Next {
-        let pod = self.informer.get(key).filter(|p| self.ours(p));
+        let pod = self.pod(key).filter(|p| self.ours(p));
         let Some(pod) = pod else {
             // Deleted from the API (or moved away): stop what runs.
             self.stop(w, 0).await;
@@ -354,14 +386,13 @@ impl PodManager {
             str_at(pod, "/metadata/namespace"),
             str_at(pod, "/metadata/name"),
         );
-        let del = DeleteOptions {
-            grace_period_seconds: Some(0),
-            precondition_uid: w.uid.clone(),
-            ..Default::default()
-        };
-        match self.registry.delete(&self.pods, Some(ns), name, &del).await {
+        let uid = w
+            .uid
+            .clone()
+            .unwrap_or_else(|| str_at(pod, "/metadata/uid").to_string());
+        match self.api.delete_pod_now(ns, name, &uid).await {
+            // Gone (404) and replaced (409) count as done too.
             Ok(_) => Next::After(Duration::from_secs(5)),
-            Err(e) if e.code == 404 || e.code == 409 => Next::After(Duration::from_secs(5)),
             Err(e) => {
                 tracing::warn!(pod = %format!("{ns}/{name}"), "deleting pod: {e}");
                 Next::After(Duration::from_secs(1))
@@ -525,6 +556,9 @@ impl PodManager {
                 return Err((reason.into(), text, fatal));
             }
         };
+        if let Some(ip) = &r.pod_ip {
+            forget_neighbour(ip).await;
+        }
         for c in r.init_containers.iter().chain(&r.containers) {
             let name = c.name.clone();
             self.event(
@@ -551,7 +585,7 @@ impl PodManager {
         }
         if has_probes(&resolved) {
             let wake = w.wake.clone().unwrap_or_default();
-            let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+            let ip = r.pod_ip.clone().unwrap_or_else(|| self.host_ip.clone());
             let prober = Prober::start(self.cri.clone(), resolved.clone(), ip, wake);
             for c in &r.containers {
                 prober.set_target(&c.name, &c.container_id);
@@ -585,18 +619,16 @@ impl PodManager {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .unwrap_or("default");
-        if let Ok(info) = find(&self.registry, "", "v1", "serviceaccounts") {
-            if let Some(sa) = self.lookup(&info, ns, sa) {
-                for n in names_of(sa.get("imagePullSecrets")) {
-                    if !names.contains(&n) {
-                        names.push(n);
-                    }
+        if let Some(sa) = self.lookup(Lookup::ServiceAccount, ns, sa) {
+            for n in names_of(sa.get("imagePullSecrets")) {
+                if !names.contains(&n) {
+                    names.push(n);
                 }
             }
         }
         let (mut auths, mut missing) = (vec![], vec![]);
         for name in names {
-            let Some(secret) = self.lookup(&self.secrets, ns, &name) else {
+            let Some(secret) = self.lookup(Lookup::Secret, ns, &name) else {
                 missing.push(format!("{ns}/{name}"));
                 continue;
             };
@@ -619,9 +651,9 @@ impl PodManager {
     fn setup_volumes(&self, pod: &Value) -> Result<PodVolumes, (String, String)> {
         let lookup = |secret: bool, ns: &str, name: &str| {
             let info = if secret {
-                &self.secrets
+                Lookup::Secret
             } else {
-                &self.configmaps
+                Lookup::ConfigMap
             };
             self.lookup(info, ns, name)
         };
@@ -634,9 +666,9 @@ impl PodManager {
         };
         let lookup = |secret: bool, ns: &str, name: &str| {
             let info = if secret {
-                &self.secrets
+                Lookup::Secret
             } else {
-                &self.configmaps
+                Lookup::ConfigMap
             };
             self.lookup(info, ns, name)
         };
@@ -674,7 +706,7 @@ impl PodManager {
             return;
         };
         let Some(c) = r.container(name) else { return };
-        let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        let ip = r.pod_ip.clone().unwrap_or_else(|| self.host_ip.clone());
         let res = run_hook(
             &self.cri,
             hook,
@@ -708,7 +740,7 @@ impl PodManager {
     async fn run_pre_stop(&self, pod: &Value, w: &mut Worker, grace: i64) {
         let Some(r) = &w.running else { return };
         let spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
-        let ip = r.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        let ip = r.pod_ip.clone().unwrap_or_else(|| self.host_ip.clone());
         let mut set = tokio::task::JoinSet::new();
         for c in &r.containers {
             let Some(spec) = spec_container(&spec_pod, &c.name) else {
@@ -964,20 +996,7 @@ impl PodManager {
             str_at(pod, "/metadata/namespace"),
             str_at(pod, "/metadata/name"),
         );
-        let patch = json!({ "status": status });
-        match self
-            .registry
-            .patch(
-                &self.pods,
-                Some(ns),
-                name,
-                PatchKind::Merge,
-                &patch,
-                &self.opts,
-                Some("status"),
-            )
-            .await
-        {
+        match self.api.merge_pod_status(ns, name, &status).await {
             Ok(_) => w.last_status = Some(status),
             Err(e) => tracing::debug!(pod = %format!("{ns}/{name}"), "status update: {e}"),
         }
@@ -991,8 +1010,8 @@ impl PodManager {
             .map(str::to_string)
             .unwrap_or_else(now_rfc3339);
         let mut s = json!({
-            "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}],
+            "hostIP": self.host_ip,
+            "hostIPs": [{"ip": self.host_ip}],
             "startTime": start,
         });
         if let Some(q) = pod.pointer("/status/qosClass") {
@@ -1058,7 +1077,7 @@ impl PodManager {
         waiting: &HashMap<String, String>,
     ) -> Value {
         let mut s = self.base_status(pod, w);
-        let ip = st.pod_ip.clone().unwrap_or_else(|| HOST_IP.to_string());
+        let ip = st.pod_ip.clone().unwrap_or_else(|| self.host_ip.clone());
         s["phase"] = json!(phase);
         s["podIP"] = json!(ip);
         s["podIPs"] = json!([{ "ip": ip }]);
@@ -1156,19 +1175,7 @@ impl PodManager {
         let dedup = (reason.to_string(), message.to_string());
         if let Some((name, count)) = w.events.get(&dedup).cloned() {
             let patch = json!({"count": count + 1, "lastTimestamp": now});
-            match self
-                .registry
-                .patch(
-                    &self.events,
-                    Some(ns),
-                    &name,
-                    PatchKind::Merge,
-                    &patch,
-                    &self.opts,
-                    None,
-                )
-                .await
-            {
+            match self.api.patch_event(ns, &name, &patch).await {
                 Ok(_) => {
                     w.events.insert(dedup, (name, count + 1));
                     return;
@@ -1212,11 +1219,7 @@ impl PodManager {
             "reportingComponent": "kubelet",
             "reportingInstance": self.node,
         });
-        match self
-            .registry
-            .create(&self.events, Some(ns), ev, &self.opts)
-            .await
-        {
+        match self.api.create_event(ns, ev).await {
             Ok(_) => {
                 w.events.insert(dedup, (name, 1));
             }
@@ -1224,8 +1227,8 @@ impl PodManager {
         }
     }
 
-    fn lookup(&self, info: &ResourceInfo, ns: &str, name: &str) -> Option<Value> {
-        self.registry.get_cached(info, Some(ns), name).ok()
+    fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value> {
+        self.api.lookup(kind, ns, name)
     }
 
     /// One value from a ConfigMap (`data`/`binaryData`) or Secret.
@@ -1234,9 +1237,9 @@ impl PodManager {
         let key = r["key"].as_str().unwrap_or_default();
         let optional = r["optional"].as_bool().unwrap_or(false);
         let (info, kind, word) = if secret {
-            (&self.secrets, "Secret", "secret")
+            (Lookup::Secret, "Secret", "secret")
         } else {
-            (&self.configmaps, "ConfigMap", "configmap")
+            (Lookup::ConfigMap, "ConfigMap", "configmap")
         };
         let Some(obj) = self.lookup(info, ns, name) else {
             return if optional {
@@ -1272,9 +1275,9 @@ impl PodManager {
                     };
                     let name = r["name"].as_str().unwrap_or_default();
                     let info = if secret {
-                        &self.secrets
+                        Lookup::Secret
                     } else {
-                        &self.configmaps
+                        Lookup::ConfigMap
                     };
                     match self.lookup(info, &ns, name) {
                         Some(obj) => {

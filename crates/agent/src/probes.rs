@@ -3,11 +3,12 @@
 //! Each running pod with probes gets one prober task ([`Prober`]). The pod
 //! worker tells it which container instance is current ([`Target`]); the
 //! prober runs startup, liveness and readiness probes (httpGet, tcpSocket,
-//! exec over CRI ExecSync) on their schedules and publishes per-container
-//! results and Unhealthy events in [`ProbeShared`], waking the worker only
-//! when something changed. The worker turns results into `started`/`ready`
-//! and the pod's Ready conditions, and restarts containers whose liveness
-//! or startup probe failed.
+//! exec over CRI ExecSync, gRPC health checks with tonic) on their
+//! schedules and publishes per-container results and Unhealthy events in
+//! [`ProbeShared`], waking the worker only when something changed. The
+//! worker turns results into `started`/`ready` and the pod's Ready
+//! conditions, and restarts containers whose liveness or startup probe
+//! failed.
 
 use kobune_cri::Cri;
 use serde_json::Value;
@@ -467,10 +468,134 @@ pub async fn run_probe(
             }
         };
     }
-    if probe.get("grpc").is_some() {
-        return Err("grpc probes are not supported".into());
+    if let Some(g) = probe.get("grpc").filter(|h| h.is_object()) {
+        let port = g["port"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| format!("invalid port {}", g["port"]))?;
+        let service = g["service"].as_str().unwrap_or_default();
+        return grpc_check(pod_ip, port, service, timeout).await;
     }
     Err("missing probe handler".into())
+}
+
+/// How a Go `time.Duration` prints (`1s`, `1m30s`, `500ms`), for messages
+/// that quote the kubelet's.
+fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let frac = match d.subsec_millis() {
+        0 => String::new(),
+        ms => format!(".{ms:03}").trim_end_matches('0').to_string(),
+    };
+    match s {
+        0..60 => format!("{s}{frac}s"),
+        60..3600 => format!("{}m{}{frac}s", s / 60, s % 60),
+        _ => format!("{}h{}m{}{frac}s", s / 3600, s / 60 % 60, s % 60),
+    }
+}
+
+/// grpc-go's name of a status code (`rpc error: code = NotFound desc = …`).
+fn go_code(c: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match c {
+        C::Ok => "OK",
+        C::Cancelled => "Canceled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// How long a gRPC probe waits before dialing again after a failed connect.
+const GRPC_REDIAL: Duration = Duration::from_millis(200);
+
+/// A gRPC probe as the kubelet runs it: `grpc.health.v1.Health/Check` for
+/// `service` on `host:port` over plaintext HTTP/2, all within `timeout`.
+/// Like grpc-go's blocking dial, refused connections are retried until the
+/// timeout; only `SERVING` succeeds. `Err` carries the kubelet's message.
+pub async fn grpc_check(
+    host: &str,
+    port: u16,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let addr = host_port(host, port);
+    let within = go_duration(timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .and_then(|e| e.user_agent("kube-probe/1.33"))
+        .map_err(|e| format!("error: failed to connect service at {addr:?}: {e}"))?
+        .tcp_nodelay(true);
+    let connect_timeout = || {
+        format!("timeout: failed to connect service {addr:?} within {within}: context deadline exceeded")
+    };
+    let channel = loop {
+        match tokio::time::timeout_at(deadline, endpoint.connect()).await {
+            Ok(Ok(c)) => break c,
+            Ok(Err(_)) => {
+                let pause = tokio::time::Instant::now() + GRPC_REDIAL;
+                if pause >= deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(connect_timeout());
+                }
+                tokio::time::sleep_until(pause).await;
+            }
+            Err(_) => return Err(connect_timeout()),
+        }
+    };
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_string(),
+    });
+    request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    let rpc_timeout = || format!("timeout: health rpc did not complete within {within}");
+    match tokio::time::timeout_at(deadline, HealthClient::new(channel).check(request)).await {
+        Err(_) => Err(rpc_timeout()),
+        Ok(Err(st)) => Err(match st.code() {
+            tonic::Code::Unimplemented => format!(
+                "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+                st.message()
+            ),
+            tonic::Code::DeadlineExceeded => rpc_timeout(),
+            // tonic's own deadline (from the request's grpc-timeout).
+            tonic::Code::Cancelled
+                if st.message() == tonic::TimeoutExpired(()).to_string() =>
+            {
+                rpc_timeout()
+            }
+            code => format!(
+                "error: health rpc probe failed: rpc error: code = {} desc = {}",
+                go_code(code),
+                st.message()
+            ),
+        }),
+        Ok(Ok(resp)) => {
+            let status = resp.into_inner().status;
+            if status == ServingStatus::Serving as i32 {
+                return Ok(());
+            }
+            let name = ServingStatus::try_from(status)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_else(|_| status.to_string());
+            Err(format!("service unhealthy (responded with {name:?})"))
+        }
+    }
 }
 
 /// An HTTP GET as the kubelet's prober sends it: 2xx and 3xx succeed.
@@ -610,6 +735,162 @@ mod tests {
         assert_eq!(resolve_port(&json!("http"), &c), Ok(8080));
         assert_eq!(resolve_port(&json!(81), &c), Ok(81));
         assert!(resolve_port(&json!("nope"), &c).is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    /// Serves `routes` with tonic on a free local port.
+    async fn serve_grpc(routes: tonic::service::Routes) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(incoming),
+        );
+        port
+    }
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_against_tonic_health_server() {
+        use tonic_health::ServingStatus;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("db", ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("cache", ServingStatus::Unknown)
+            .await;
+        let port = serve_grpc(tonic::service::Routes::new(health)).await;
+        let t = Duration::from_secs(2);
+        assert_eq!(grpc_check("127.0.0.1", port, "", t).await, Ok(()));
+        assert_eq!(
+            grpc_check("127.0.0.1", port, "db", t).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        assert_eq!(
+            grpc_check("127.0.0.1", port, "cache", t).await,
+            Err("service unhealthy (responded with \"UNKNOWN\")".into())
+        );
+        assert_eq!(
+            grpc_check("127.0.0.1", port, "nope", t).await,
+            Err("error: health rpc probe failed: rpc error: code = NotFound desc = service not registered".into())
+        );
+        reporter
+            .set_service_status("db", ServingStatus::Serving)
+            .await;
+        assert_eq!(grpc_check("127.0.0.1", port, "db", t).await, Ok(()));
+
+        // A gRPC server without the health service.
+        let port = serve_grpc(tonic::service::Routes::default()).await;
+        let e = grpc_check("127.0.0.1", port, "", t).await.unwrap_err();
+        assert!(
+            e.starts_with("error: this server does not implement the grpc health protocol (grpc.health.v1.Health)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_timeouts() {
+        // Nothing listens: dialing is retried until the timeout.
+        let port = free_port();
+        let t0 = Instant::now();
+        let e = grpc_check("127.0.0.1", port, "", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(
+            e,
+            format!("timeout: failed to connect service \"127.0.0.1:{port}\" within 1s: context deadline exceeded")
+        );
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+
+        // A server that accepts and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let t0 = Instant::now();
+        let e = grpc_check("127.0.0.1", port, "", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("timeout: "), "{e}");
+        assert!(e.contains("within 1s"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+
+    /// The project's webapp binary (std only, its own HTTP/2 framing)
+    /// answers the probe as a gRPC health server, switched over HTTP.
+    #[tokio::test]
+    async fn grpc_probe_against_the_webapp() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("webapp");
+        std::fs::write(&bin, kobune_cri::images::WEBAPP_BINARY).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _child = Kill(
+            std::process::Command::new(&bin)
+                .env("PORT", http.to_string())
+                .env("GRPC_PORT", grpc.to_string())
+                .env("WORKERS", "2")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t = Duration::from_secs(5);
+        assert_eq!(grpc_check("127.0.0.1", grpc, "", t).await, Ok(()));
+        assert_eq!(grpc_check("127.0.0.1", grpc, "webapp", t).await, Ok(()));
+        assert_eq!(
+            grpc_check("127.0.0.1", grpc, "nope", t).await,
+            Err(
+                "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service"
+                    .into()
+            )
+        );
+        let http_get_ok = |path: &'static str| async move {
+            http_get("http", "127.0.0.1", http, path, &[], t).await
+        };
+        assert_eq!(http_get_ok("/grpc/fail").await, Ok(()));
+        assert_eq!(
+            grpc_check("127.0.0.1", grpc, "", t).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        assert_eq!(http_get_ok("/grpc/ok").await, Ok(()));
+        // Many at once, each on its own connection.
+        let checks: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(grpc_check("127.0.0.1", grpc, "", t)))
+            .collect();
+        for c in checks {
+            assert_eq!(c.await.unwrap(), Ok(()));
+        }
     }
 
     #[tokio::test]

@@ -1,15 +1,16 @@
-//! Simulated nodes run by `kobune agent` against a remote API server:
-//! [`RemoteApi`] is [`NodeApi`] over HTTPS ([`crate::client`]), and pods
-//! are followed with list + watch (resuming at the last resourceVersion
-//! after errors, relisting on 410 Gone), as client-go's reflector does.
+//! Nodes run by `kobune agent` against a remote API server: [`RemoteApi`]
+//! is [`NodeApi`] over HTTPS ([`crate::client`]). Pods (and, for a real
+//! node, ConfigMaps, Secrets and ServiceAccounts) are followed with list +
+//! watch (resuming at the last resourceVersion after errors, relisting on
+//! 410 Gone), as client-go's reflector does.
 
-use crate::api::{NodeApi, PodCache, PodHandler};
+use crate::api::{Lookup, NodeApi, PodCache, PodHandler};
 use crate::client::{ApiClient, HttpError};
 use crate::FIELD_MANAGER;
 use hyper::Method;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 const MERGE: &str = "application/merge-patch+json";
@@ -22,6 +23,8 @@ const WATCH_SECONDS: u64 = 300;
 /// [`NodeApi`] over HTTPS to a remote API server.
 pub struct RemoteApi {
     client: Arc<ApiClient>,
+    /// Watch caches behind [`NodeApi::lookup`], in [`Lookup::ALL`]'s order.
+    lookups: OnceLock<Vec<Arc<Objects>>>,
 }
 
 fn err(what: String, e: HttpError) -> anyhow::Error {
@@ -30,7 +33,10 @@ fn err(what: String, e: HttpError) -> anyhow::Error {
 
 impl RemoteApi {
     pub fn new(client: Arc<ApiClient>) -> RemoteApi {
-        RemoteApi { client }
+        RemoteApi {
+            client,
+            lookups: OnceLock::new(),
+        }
     }
 
     /// Checks that the server answers and accepts the token.
@@ -211,11 +217,172 @@ impl NodeApi for RemoteApi {
             handler,
             objects: Mutex::default(),
         });
-        let rv = relist(&self, &pods)
+        let sink: Arc<dyn Sink> = pods.clone();
+        let rv = relist(&self, "/api/v1/pods", &sink)
             .await
             .map_err(|e| err("listing pods".into(), e))?;
-        tokio::spawn(follow(self, pods.clone(), rv));
+        tokio::spawn(follow(self, "/api/v1/pods".into(), sink, rv));
         Ok(pods)
+    }
+
+    async fn sync_node(&self, node: Value) -> anyhow::Result<Value> {
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let create = format!("/api/v1/nodes?fieldManager={FIELD_MANAGER}");
+        let created = match self
+            .client
+            .json(Method::POST, &create, JSON, Some(&node))
+            .await
+        {
+            Ok(n) => Some(n),
+            Err(e) if e.code == 409 => None,
+            Err(e) => return Err(err(format!("registering node {name}"), e)),
+        };
+        let path = format!("/api/v1/nodes/{name}?fieldManager={FIELD_MANAGER}");
+        let current = match created {
+            Some(n) => n,
+            None => {
+                let labels = json!({"metadata": {"labels": node["metadata"]["labels"]}});
+                self.client
+                    .json(Method::PATCH, &path, MERGE, Some(&labels))
+                    .await
+                    .map_err(|e| err(format!("updating node {name}"), e))?
+            }
+        };
+        // As a kubelet does, the status goes through the status subresource.
+        self.patch_node_status(&name, &node["status"]).await?;
+        Ok(current["metadata"]["uid"].clone())
+    }
+
+    async fn get_node(&self, name: &str) -> Option<Value> {
+        self.client.get(&format!("/api/v1/nodes/{name}")).await.ok()
+    }
+
+    async fn patch_node_status(&self, name: &str, status: &Value) -> anyhow::Result<()> {
+        let path = format!("/api/v1/nodes/{name}/status?fieldManager={FIELD_MANAGER}");
+        self.client
+            .json(
+                Method::PATCH,
+                &path,
+                MERGE,
+                Some(&json!({ "status": status })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("updating status of node {name}"), e))
+    }
+
+    async fn merge_pod_status(&self, ns: &str, name: &str, status: &Value) -> anyhow::Result<()> {
+        let path =
+            format!("/api/v1/namespaces/{ns}/pods/{name}/status?fieldManager={FIELD_MANAGER}");
+        self.client
+            .json(
+                Method::PATCH,
+                &path,
+                MERGE,
+                Some(&json!({ "status": status })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("updating status of pod {ns}/{name}"), e))
+    }
+
+    async fn create_event(&self, ns: &str, event: Value) -> anyhow::Result<()> {
+        let path = format!("/api/v1/namespaces/{ns}/events?fieldManager={FIELD_MANAGER}");
+        self.client
+            .json(Method::POST, &path, JSON, Some(&event))
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("creating an event in {ns}"), e))
+    }
+
+    async fn patch_event(&self, ns: &str, name: &str, patch: &Value) -> anyhow::Result<()> {
+        let path = format!("/api/v1/namespaces/{ns}/events/{name}?fieldManager={FIELD_MANAGER}");
+        self.client
+            .json(Method::PATCH, &path, MERGE, Some(patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("updating event {ns}/{name}"), e))
+    }
+
+    async fn start_lookups(self: Arc<Self>) -> anyhow::Result<()> {
+        if self.lookups.get().is_some() {
+            return Ok(());
+        }
+        let mut caches = vec![];
+        for kind in Lookup::ALL {
+            let path = format!("/api/v1/{}", kind.plural());
+            let objects = Arc::new(Objects::default());
+            let sink: Arc<dyn Sink> = objects.clone();
+            let rv = relist(&self, &path, &sink)
+                .await
+                .map_err(|e| err(format!("listing {}", kind.plural()), e))?;
+            tokio::spawn(follow(self.clone(), path, sink, rv));
+            caches.push(objects);
+        }
+        let _ = self.lookups.set(caches);
+        Ok(())
+    }
+
+    fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value> {
+        let i = Lookup::ALL.iter().position(|k| *k == kind)?;
+        let cache = self.lookups.get()?.get(i)?;
+        cache.lock().get(&format!("{ns}/{name}")).cloned()
+    }
+}
+
+/// What a list + watch feeds: each object seen, and whole listings.
+trait Sink: Send + Sync {
+    fn apply(&self, obj: &Value, gone: bool);
+    fn replace(&self, items: &[Value]);
+}
+
+/// Every object of one resource, by `namespace/name`.
+#[derive(Default)]
+struct Objects {
+    objects: Mutex<HashMap<String, Value>>,
+}
+
+impl Objects {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(obj: &Value) -> String {
+        let m = &obj["metadata"];
+        format!(
+            "{}/{}",
+            m["namespace"].as_str().unwrap_or_default(),
+            m["name"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+impl Sink for Objects {
+    fn apply(&self, obj: &Value, gone: bool) {
+        let key = Objects::key(obj);
+        if gone {
+            self.lock().remove(&key);
+        } else {
+            self.lock().insert(key, obj.clone());
+        }
+    }
+
+    fn replace(&self, items: &[Value]) {
+        let fresh = items.iter().map(|o| (Objects::key(o), o.clone())).collect();
+        *self.lock() = fresh;
+    }
+}
+
+impl Sink for RemotePods {
+    fn apply(&self, obj: &Value, gone: bool) {
+        RemotePods::apply(self, obj, gone)
+    }
+
+    fn replace(&self, items: &[Value]) {
+        RemotePods::replace(self, items)
     }
 }
 
@@ -283,23 +450,25 @@ impl RemotePods {
     }
 }
 
-async fn relist(api: &RemoteApi, pods: &RemotePods) -> Result<String, HttpError> {
-    let (items, rv) = api.list_all("/api/v1/pods").await?;
-    pods.replace(&items);
+async fn relist(api: &RemoteApi, path: &str, sink: &Arc<dyn Sink>) -> Result<String, HttpError> {
+    let (items, rv) = api.list_all(path).await?;
+    sink.replace(&items);
     Ok(rv)
 }
 
-/// Watches pods from `rv` for as long as the process runs.
-async fn follow(api: Arc<RemoteApi>, pods: Arc<RemotePods>, mut rv: String) {
+/// Watches `list_path` (e.g. `/api/v1/pods`) from `rv` for as long as the
+/// process runs.
+async fn follow(api: Arc<RemoteApi>, list_path: String, pods: Arc<dyn Sink>, mut rv: String) {
     let mut backoff = Duration::from_millis(500);
+    let what = list_path.rsplit('/').next().unwrap_or_default().to_string();
     loop {
         let path = format!(
-            "/api/v1/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={rv}"
+            "{list_path}?watch=true&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={rv}"
         );
         let mut must_relist = false;
         match api.client.watch(&path).await {
             Err(e) => {
-                tracing::warn!("watching pods: {e}");
+                tracing::warn!("watching {list_path}: {e}");
                 must_relist = e.code == 410;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -310,7 +479,7 @@ async fn follow(api: Arc<RemoteApi>, pods: Arc<RemotePods>, mut rv: String) {
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(e) => {
-                            tracing::debug!("pod watch ended: {e}");
+                            tracing::debug!("watch of {list_path} ended: {e}");
                             break;
                         }
                     };
@@ -330,7 +499,7 @@ async fn follow(api: Arc<RemoteApi>, pods: Arc<RemotePods>, mut rv: String) {
                         _ => {
                             // ERROR: 410 Gone means our resourceVersion is too old.
                             must_relist = obj["code"] == 410;
-                            tracing::debug!("pod watch error: {}", obj["message"]);
+                            tracing::debug!("watch of {list_path}: error {}", obj["message"]);
                             break;
                         }
                     }
@@ -338,11 +507,11 @@ async fn follow(api: Arc<RemoteApi>, pods: Arc<RemotePods>, mut rv: String) {
             }
         }
         if must_relist {
-            tracing::info!("pod watch expired (410 Gone); relisting pods");
-            match relist(&api, &pods).await {
+            tracing::info!("{what} watch expired (410 Gone); relisting {what}");
+            match relist(&api, &list_path, &pods).await {
                 Ok(v) => rv = v,
                 Err(e) => {
-                    tracing::warn!("relisting pods: {e}");
+                    tracing::warn!("relisting {list_path}: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -369,6 +538,23 @@ mod tests {
 
     fn pod(ns: &str, name: &str, node: &str) -> Value {
         json!({"metadata": {"namespace": ns, "name": name}, "spec": {"nodeName": node}})
+    }
+
+    #[test]
+    fn object_caches_follow_events_and_relists() {
+        let o = Objects::default();
+        let cm = |ns: &str, name: &str, v: &str| json!({"metadata": {"namespace": ns, "name": name}, "data": {"k": v}});
+        o.replace(&[cm("a", "x", "1"), cm("b", "x", "2")]);
+        o.apply(&cm("a", "y", "3"), false);
+        o.apply(&cm("a", "x", "4"), false);
+        assert_eq!(o.lock().get("a/x").unwrap()["data"]["k"], "4");
+        assert_eq!(o.lock().get("b/x").unwrap()["data"]["k"], "2");
+        o.apply(&cm("b", "x", "2"), true);
+        assert!(o.lock().get("b/x").is_none());
+        // A relist drops what it does not hold.
+        o.replace(&[cm("a", "y", "5")]);
+        let keys: Vec<String> = o.lock().keys().cloned().collect();
+        assert_eq!(keys, vec!["a/y".to_string()]);
     }
 
     #[test]

@@ -898,21 +898,21 @@ async fn post_subresource(
                     vec![kobune_apimachinery::Cause::required("target.name")],
                 ));
             }
-            let pod = reg.get(info, ns, name).await?;
-            if let Some(cur) = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                return Err(ApiError::conflict(
-                    "pods",
-                    "",
-                    name,
-                    &format!("pod {name} is already assigned to node {cur:?}"),
-                ));
-            }
-            let patch = json!({"spec": {"nodeName": node}, "metadata": {"resourceVersion": rv_of(&pod).to_string()}});
-            reg.patch(info, ns, name, PatchKind::Merge, &patch, opts, None)
+            let binding = crate::binding::Binding {
+                node,
+                uid: body
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string),
+                annotations: body
+                    .pointer("/metadata/annotations")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+                dry_run: opts.dry_run,
+            };
+            reg.bind_pod(ns.unwrap_or("default"), name, &binding)
                 .await?;
             Ok(json_response(201, &success_status(name, "", "Binding", "")))
         }

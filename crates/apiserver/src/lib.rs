@@ -6,12 +6,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod binding;
 pub mod cache;
 pub mod conversion;
 pub mod discovery;
 pub mod eviction;
 pub mod http;
 pub mod kubelet;
+pub mod kubelet_client;
 pub mod metrics;
 pub mod openapi;
 pub mod openapi_pb;

@@ -12,12 +12,21 @@
 //! "true"`, `prometheus.io/port`, `prometheus.io/path`, default
 //! `/metrics`), scraped from this process at request time (results are
 //! reused for [`SCRAPE_TTL`]). Series of one metric in one pod are summed.
+//!
+//! Object metrics (`namespaces/NS/services/NAME/METRIC`,
+//! `.../deployments.apps/NAME/METRIC`, `namespaces/NS/metrics/METRIC` for
+//! the namespace) are the sum over the running pods the object selects
+//! (a Service's selector, a workload's `spec.selector`, every pod of the
+//! namespace) — what prometheus-adapter's default
+//! `sum(metric{namespace=..,service=..})` gives for pods scraped through
+//! a Service.
 
 use crate::kubelet::{Kubelets, NodeUsage, PodUsage};
 use crate::registry::{ListOptions, Registry};
+use crate::resources::Resources;
 use chrono::{DateTime, SecondsFormat, Utc};
 use kobune_apimachinery::selectors::Selector;
-use kobune_apimachinery::ApiError;
+use kobune_apimachinery::{ApiError, ResourceInfo};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -530,6 +539,133 @@ impl Metrics {
         }
         Ok(out)
     }
+
+    /// An object's custom metric: the sum of what the running pods it
+    /// selects export (see [`object_pod_selector`]). A Namespace names its
+    /// own pods, so `name` is the namespace and `ns` is ignored.
+    pub async fn object_custom_metric(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        metric: &str,
+        metric_selector: &Selector,
+    ) -> Result<ObjectMetricValue, ApiError> {
+        let object = if is_namespace(info) {
+            self.registry.get(info, None, name).await?
+        } else {
+            self.registry.get(info, Some(ns), name).await?
+        };
+        self.object_metric_of(info, ns, object, metric, metric_selector)
+            .await
+    }
+
+    async fn object_metric_of(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        object: Value,
+        metric: &str,
+        metric_selector: &Selector,
+    ) -> Result<ObjectMetricValue, ApiError> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let not_found = |why: &str| {
+            ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the metric {metric} for {} {name}{why}",
+                    resource_segment(info)
+                ),
+            )
+        };
+        let mut opts = ListOptions::default();
+        let mut pods_ns = ns.to_string();
+        if info.group.is_empty() && info.kind == "Pod" {
+            opts.field_selector = Selector::parse_fields(&format!("metadata.name={name}"))
+                .map_err(ApiError::bad_request)?;
+        } else {
+            if is_namespace(info) {
+                pods_ns = name.clone();
+            }
+            match object_pod_selector(&info.kind, &object).map_err(ApiError::bad_request)? {
+                Some(sel) => opts.label_selector = sel,
+                None => return Err(not_found(": it selects no pods")),
+            }
+        }
+        let values = self
+            .pod_custom_metric(&pods_ns, &opts, metric, metric_selector)
+            .await?;
+        let Some(timestamp) = values.iter().map(|v| v.timestamp).max() else {
+            return Err(not_found(""));
+        };
+        Ok(ObjectMetricValue {
+            object,
+            value: values.iter().map(|v| v.value).sum(),
+            timestamp,
+            pods: values.len(),
+        })
+    }
+}
+
+/// One object's value of a custom metric.
+#[derive(Debug, Clone)]
+pub struct ObjectMetricValue {
+    pub object: Value,
+    /// The sum over the pods that export the metric.
+    pub value: f64,
+    /// The newest of those pods' scrapes.
+    pub timestamp: DateTime<Utc>,
+    /// How many pods contributed.
+    pub pods: usize,
+}
+
+fn is_namespace(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.kind == "Namespace"
+}
+
+/// The pods whose metrics make up an object's metric: every pod of a
+/// Namespace, the pods a Service's `spec.selector` picks, or those of a
+/// workload's `spec.selector` (a LabelSelector, or the string form some
+/// custom resources keep). `None` when the object selects no pods (a
+/// Service without a selector, an empty or missing selector).
+pub fn object_pod_selector(kind: &str, object: &Value) -> Result<Option<Selector>, String> {
+    if kind == "Namespace" {
+        return Ok(Some(Selector::default()));
+    }
+    let sel = match (kind, object.pointer("/spec/selector")) {
+        ("Service", Some(Value::Object(m))) => {
+            Selector::from_label_selector(&json!({ "matchLabels": m }))?
+        }
+        ("Service", _) => return Ok(None),
+        (_, Some(s @ Value::Object(_))) => Selector::from_label_selector(s)?,
+        (_, Some(Value::String(s))) => Selector::parse_labels(s)?,
+        _ => return Ok(None),
+    };
+    Ok((!sel.is_empty()).then_some(sel))
+}
+
+/// How the custom metrics API names a resource in paths: `services`,
+/// `deployments.apps` (upstream's `GroupResource.String()`).
+pub fn resource_segment(info: &ResourceInfo) -> String {
+    if info.group.is_empty() {
+        info.plural.clone()
+    } else {
+        format!("{}.{}", info.plural, info.group)
+    }
+}
+
+/// The served resource a custom metrics path segment names (`services`,
+/// `deployments.apps`), in its first served version.
+pub fn resource_for_segment(resources: &Resources, segment: &str) -> Option<Arc<ResourceInfo>> {
+    let (plural, group) = segment.split_once('.').unwrap_or((segment, ""));
+    resources
+        .all()
+        .into_iter()
+        .find(|r| r.plural == plural && r.group == group && r.stored)
 }
 
 // ---------------------------------------------------------------- documents
@@ -623,6 +759,30 @@ fn metric_value(v: &PodMetricValue, metric: &str, selector: &Selector) -> Value 
     })
 }
 
+/// An object's MetricValue (`describedObject` names the object, the
+/// API version as `group/version`, so `/v1` for the core group).
+fn object_metric_value(
+    info: &ResourceInfo,
+    v: &ObjectMetricValue,
+    metric: &str,
+    selector: &Selector,
+) -> Value {
+    let mut described = json!({
+        "kind": info.kind,
+        "name": v.object["metadata"]["name"],
+        "apiVersion": format!("{}/{}", info.group, info.version),
+    });
+    if !is_namespace(info) {
+        described["namespace"] = v.object["metadata"]["namespace"].clone();
+    }
+    json!({
+        "describedObject": described,
+        "metric": {"name": metric, "selector": selector_object(selector)},
+        "timestamp": rfc3339(v.timestamp),
+        "value": value_quantity(v.value),
+    })
+}
+
 fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
     json!({"kind": kind, "apiVersion": api_version, "metadata": {}, "items": items})
 }
@@ -639,10 +799,23 @@ fn metrics_resources() -> Vec<(&'static str, &'static str, &'static str, bool)> 
 fn custom_resources() -> Vec<(String, bool)> {
     let mut out = vec![];
     for m in known_custom_metrics() {
-        out.push((format!("pods/{m}"), true));
+        for r in OBJECT_RESOURCES {
+            out.push((format!("{r}/{m}"), *r != "namespaces"));
+        }
     }
     out
 }
+
+/// Resources whose custom metrics discovery lists (any namespaced
+/// resource with a pod selector is served).
+const OBJECT_RESOURCES: &[&str] = &[
+    "pods",
+    "services",
+    "namespaces",
+    "deployments.apps",
+    "replicasets.apps",
+    "statefulsets.apps",
+];
 
 /// Entries for the aggregated `/apis` discovery document.
 pub fn aggregated_groups() -> Vec<Value> {
@@ -829,22 +1002,25 @@ async fn serve_custom_metrics(
     rest: &[&str],
     query: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
-    let ["namespaces", ns, "pods", name, metric] = rest else {
-        return Err(not_found_path());
+    let (ns, name, metric) = match rest {
+        ["namespaces", ns, "pods", name, metric] => (*ns, *name, *metric),
+        ["namespaces", ns, "metrics", metric] => {
+            return serve_object_metrics(metrics, "namespaces", "", ns, metric, query).await
+        }
+        ["namespaces", ns, resource, name, metric] if *resource != "namespaces" => {
+            return serve_object_metrics(metrics, resource, ns, name, metric, query).await
+        }
+        _ => return Err(not_found_path()),
     };
     let mut opts = list_options(query)?;
-    if *name != "*" {
+    if name != "*" {
         opts.field_selector = Selector::parse_fields(&format!("metadata.name={name}"))
             .map_err(ApiError::bad_request)?;
     }
-    let msel_text = query
-        .get("metricLabelSelector")
-        .cloned()
-        .unwrap_or_default();
-    let msel = Selector::parse_labels(&msel_text).map_err(ApiError::bad_request)?;
+    let msel = metric_selector(query)?;
     let values = metrics.pod_custom_metric(ns, &opts, metric, &msel).await?;
     if values.is_empty() {
-        let what = if *name == "*" {
+        let what = if name == "*" {
             format!("the server could not find the metric {metric} for pods")
         } else {
             format!("the server could not find the metric {metric} for pods {name}")
@@ -858,6 +1034,65 @@ async fn serve_custom_metrics(
             .iter()
             .map(|v| metric_value(v, metric, &msel))
             .collect(),
+    ))
+}
+
+fn metric_selector(query: &HashMap<String, String>) -> Result<Selector, ApiError> {
+    let text = query
+        .get("metricLabelSelector")
+        .map(String::as_str)
+        .unwrap_or_default();
+    Selector::parse_labels(text).map_err(ApiError::bad_request)
+}
+
+/// `namespaces/NS/RESOURCE/NAME|*/METRIC` and `namespaces/NS/metrics/METRIC`
+/// (the namespace itself): each object's metric is the sum over the
+/// running pods it selects; `*` lists every object (filtered by
+/// `labelSelector`) that has a value.
+async fn serve_object_metrics(
+    metrics: &Metrics,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    metric: &str,
+    query: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
+    let info = resource_for_segment(&metrics.registry.resources, resource)
+        .filter(|i| is_namespace(i) || i.scope == kobune_apimachinery::Scope::Namespaced)
+        .ok_or_else(not_found_path)?;
+    let msel = metric_selector(query)?;
+    let items = if name == "*" {
+        let opts = list_options(query)?;
+        let objects = metrics.registry.list(&info, Some(ns), &opts).await?;
+        let mut out = vec![];
+        for o in objects.items {
+            match metrics.object_metric_of(&info, ns, o, metric, &msel).await {
+                Ok(v) => out.push(object_metric_value(&info, &v, metric, &msel)),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the metric {metric} for {}",
+                    resource_segment(&info)
+                ),
+            ));
+        }
+        out
+    } else {
+        let v = metrics
+            .object_custom_metric(&info, ns, name, metric, &msel)
+            .await?;
+        vec![object_metric_value(&info, &v, metric, &msel)]
+    };
+    Ok(list(
+        "MetricValueList",
+        "custom.metrics.k8s.io/v1beta2",
+        items,
     ))
 }
 
@@ -928,6 +1163,82 @@ mod tests {
         assert_eq!(
             metric_value(&v, "m", &Selector::default())["metric"]["selector"],
             Value::Null
+        );
+    }
+
+    #[test]
+    fn objects_select_their_pods() {
+        let svc = json!({"spec": {"selector": {"app": "web"}}});
+        let sel = object_pod_selector("Service", &svc).unwrap().unwrap();
+        assert_eq!(sel.to_string_form(), "app=web");
+        assert_eq!(
+            object_pod_selector("Service", &json!({"spec": {}})).unwrap(),
+            None
+        );
+        assert_eq!(
+            object_pod_selector("Service", &json!({"spec": {"selector": {}}})).unwrap(),
+            None
+        );
+        let deploy = json!({"spec": {"selector": {"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}}});
+        let sel = object_pod_selector("Deployment", &deploy).unwrap().unwrap();
+        assert!(sel.matches_with(&|k| match k {
+            "app" => Some("web".into()),
+            "tier" => Some("a".into()),
+            _ => None,
+        }));
+        assert!(!sel.matches_with(&|k| (k == "app").then(|| "web".into())));
+        let cr = json!({"spec": {"selector": "app=web"}});
+        assert!(object_pod_selector("Widget", &cr).unwrap().is_some());
+        assert_eq!(object_pod_selector("ConfigMap", &json!({})).unwrap(), None);
+        assert_eq!(
+            object_pod_selector("Namespace", &json!({})).unwrap(),
+            Some(Selector::default())
+        );
+        let bad =
+            json!({"spec": {"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}});
+        assert!(object_pod_selector("Deployment", &bad).is_err());
+    }
+
+    #[test]
+    fn object_paths_and_documents() {
+        let resources = Resources::new();
+        let svc = resource_for_segment(&resources, "services").unwrap();
+        assert_eq!((svc.kind.as_str(), svc.group.as_str()), ("Service", ""));
+        let d = resource_for_segment(&resources, "deployments.apps").unwrap();
+        assert_eq!((d.kind.as_str(), d.version.as_str()), ("Deployment", "v1"));
+        assert_eq!(resource_segment(&d), "deployments.apps");
+        assert_eq!(resource_segment(&svc), "services");
+        assert!(resource_for_segment(&resources, "deployments").is_none());
+        assert!(resource_for_segment(&resources, "nosuch.apps").is_none());
+
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let v = ObjectMetricValue {
+            object: json!({"metadata": {"name": "web", "namespace": "ns"}}),
+            value: 7.5,
+            timestamp: t,
+            pods: 3,
+        };
+        let doc = object_metric_value(&d, &v, "busy", &Selector::default());
+        assert_eq!(
+            doc["describedObject"],
+            json!({"kind": "Deployment", "namespace": "ns", "name": "web", "apiVersion": "apps/v1"})
+        );
+        assert_eq!(doc["value"], "7500m");
+        assert_eq!(doc["timestamp"], "2026-01-02T03:04:05Z");
+        let doc = object_metric_value(&svc, &v, "busy", &Selector::default());
+        assert_eq!(doc["describedObject"]["apiVersion"], "/v1");
+        let ns = resource_for_segment(&resources, "namespaces").unwrap();
+        let nsv = ObjectMetricValue {
+            object: json!({"metadata": {"name": "ns"}}),
+            ..v
+        };
+        let doc = object_metric_value(&ns, &nsv, "busy", &Selector::default());
+        assert_eq!(
+            doc["describedObject"],
+            json!({"kind": "Namespace", "name": "ns", "apiVersion": "/v1"})
         );
     }
 

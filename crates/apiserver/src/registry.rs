@@ -155,17 +155,30 @@ fn has_pending_finalizers(info: &ResourceInfo, obj: &Value) -> bool {
             .is_some_and(|a| !a.is_empty())
 }
 
-/// Equal apart from fields every write changes.
+/// Equal apart from fields every write changes (compared in place: objects
+/// are large and this runs on every update).
 fn same_content(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
+    const VOLATILE: [&str; 2] = ["resourceVersion", "managedFields"];
+    fn same_map(x: &Map<String, Value>, y: &Map<String, Value>, skip: &[&str]) -> bool {
+        let count =
+            |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+        count(x) == count(y)
+            && x.iter()
+                .filter(|(k, _)| !skip.contains(&k.as_str()))
+                .all(|(k, v)| y.get(k) == Some(v))
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| match (k.as_str(), v, y.get(k)) {
+                    ("metadata", Value::Object(m), Some(Value::Object(n))) => {
+                        same_map(m, n, &VOLATILE)
+                    }
+                    (_, _, other) => other == Some(v),
+                })
         }
-        v
-    };
-    strip(a) == strip(b)
+        _ => a == b,
+    }
 }
 
 const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -645,7 +658,7 @@ impl Registry {
                 return Err(ApiError::already_exists(&info.plural, &info.group, &name));
             }
             return Ok(WriteResult {
-                object: self.out(info, &obj),
+                object: convert(obj, info),
                 warnings,
                 created: true,
             });
@@ -658,7 +671,7 @@ impl Registry {
             .map_err(|e| store_err(info, &name, e))?;
         set_rv(&mut obj, rev);
         Ok(WriteResult {
-            object: self.out(info, &obj),
+            object: convert(obj, info),
             warnings,
             created: true,
         })
@@ -821,7 +834,7 @@ impl Registry {
         }
         let key = self.key(storage, meta(current, "namespace").as_deref(), &name);
         if opts.dry_run {
-            return Ok(self.out(info, &obj));
+            return Ok(convert(obj, info));
         }
         if obj.pointer("/metadata/deletionTimestamp").is_some()
             && !has_pending_finalizers(storage, &obj)
@@ -832,17 +845,19 @@ impl Registry {
                 .await
                 .map_err(|e| store_err(info, &name, e))?;
             set_rv(&mut obj, rev);
-            return Ok(self.out(info, &obj));
+            return Ok(convert(obj, info));
         }
-        let bytes =
-            serde_json::to_vec(&strip_rv(&obj)).map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.shift_remove("resourceVersion");
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
         let rev = self
             .store
             .update(&key, bytes, expected)
             .await
             .map_err(|e| store_err(info, &name, e))?;
         set_rv(&mut obj, rev);
-        Ok(self.out(info, &obj))
+        Ok(convert(obj, info))
     }
 
     /// Applies a patch, retrying on write conflicts as upstream does.
@@ -1463,5 +1478,26 @@ impl KindCheck for ApiError {
             );
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_ignores_only_resource_version_and_managed_fields() {
+        let a = json!({"metadata": {"name": "a", "resourceVersion": "1", "managedFields": [1]},
+                       "spec": {"x": 1}});
+        let b = json!({"metadata": {"name": "a", "resourceVersion": "2"}, "spec": {"x": 1}});
+        assert!(same_content(&a, &b));
+        assert!(same_content(&b, &a));
+        let c = json!({"metadata": {"name": "a", "labels": {}}, "spec": {"x": 1}});
+        assert!(!same_content(&a, &c));
+        let d = json!({"metadata": {"name": "a"}, "spec": {"x": 2}});
+        assert!(!same_content(&a, &d));
+        let e = json!({"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {}});
+        assert!(!same_content(&a, &e));
+        assert!(!same_content(&e, &a));
     }
 }

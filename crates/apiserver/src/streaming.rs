@@ -5,6 +5,10 @@
 //! `101 Switching Protocols` the two connections are spliced untouched
 //! (WebSocket channel protocols and SPDY/3.1 alike), and any other answer
 //! is passed back so the client can fall back to its next protocol.
+//! A node whose agent runs in another process hands out an `https://` URL
+//! on the agent itself ([`crate::kubelet_client`]), dialed over TLS with
+//! the cluster's bearer token; the agent proxies on to its CRI streaming
+//! server with [`proxy_upgrade`].
 
 use crate::http::Body;
 use crate::kubelet::{Kubelet, StreamKind};
@@ -17,8 +21,12 @@ use kobune_apimachinery::ApiError;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection to the streaming server (plain TCP or TLS).
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
 /// Largest response head accepted from the streaming server.
 const MAX_HEAD: usize = 64 * 1024;
@@ -137,30 +145,50 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-/// Splits `http://host:port/path?query` into (host:port, path?query).
-fn split_url(url: &str) -> Result<(String, String), ApiError> {
+/// A parsed streaming URL.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    /// `path?query`
+    path: String,
+}
+
+impl Target {
+    fn addr(&self) -> String {
+        crate::kubelet_client::authority(&self.host, self.port)
+    }
+}
+
+/// Splits `http[s]://host:port/path?query`.
+fn split_url(url: &str) -> Result<Target, ApiError> {
     let bad = || ApiError::new(500, "InternalError", format!("bad streaming URL {url:?}"));
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("http") {
-        return Err(ApiError::new(
-            500,
-            "InternalError",
-            format!("unsupported streaming URL {url:?}"),
-        ));
-    }
-    let auth = uri.authority().ok_or_else(bad)?;
-    let port = auth.port_u16().unwrap_or(80);
-    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                format!("unsupported streaming URL {url:?}"),
+            ))
+        }
     };
+    let auth = uri.authority().ok_or_else(bad)?;
+    let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    Ok((addr, path))
+    Ok(Target {
+        tls,
+        host: host.to_string(),
+        port,
+        path,
+    })
 }
 
 /// A parsed HTTP/1.1 response head.
@@ -201,7 +229,7 @@ fn upstream_error(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Reads a response head; returns it and any bytes read past it.
-async fn read_head(conn: &mut TcpStream) -> Result<(Head, Vec<u8>), ApiError> {
+async fn read_head(conn: &mut Box<dyn Conn>) -> Result<(Head, Vec<u8>), ApiError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -230,7 +258,7 @@ pub async fn serve(
     kubelet: Arc<dyn Kubelet>,
     pod: &Value,
     sub: &str,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     if !is_upgrade(&req) {
         return Err(ApiError::bad_request("Upgrade request required"));
@@ -238,14 +266,44 @@ pub async fn serve(
     let query = query_pairs(req.uri().query());
     let kind = stream_kind(sub, &query)?;
     let url = kubelet.stream_url(pod, kind).await?;
-    let (addr, path) = split_url(&url)?;
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-        .await
-        .map_err(|_| upstream_error(format!("dial tcp {addr}: i/o timeout")))?
-        .map_err(|e| upstream_error(format!("dial tcp {addr}: {e}")))?;
-    let _ = conn.set_nodelay(true);
+    proxy_upgrade(&url, kubelet.stream_token().as_deref(), req).await
+}
 
-    let mut head = format!("{} {} HTTP/1.1\r\nHost: {}\r\n", req.method(), path, addr);
+/// Replays the client's upgrade request at `url` (`http://`, or
+/// `https://` with `bearer` as its `Authorization`, the server's
+/// certificate not checked, see [`crate::kubelet_client`]) and, on `101`,
+/// splices the two connections; any other answer is passed back.
+pub async fn proxy_upgrade(
+    url: &str,
+    bearer: Option<&str>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let target = split_url(url)?;
+    let addr = target.addr();
+    let mut conn: Box<dyn Conn> = if target.tls {
+        Box::new(
+            crate::kubelet_client::dial(&target.host, target.port)
+                .await
+                .map_err(upstream_error)?,
+        )
+    } else {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| upstream_error(format!("dial tcp {addr}: i/o timeout")))?
+            .map_err(|e| upstream_error(format!("dial tcp {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        Box::new(tcp)
+    };
+
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        req.method(),
+        target.path,
+        addr
+    );
+    if let (true, Some(token)) = (target.tls, bearer) {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
     for name in REQUEST_HEADERS {
         for v in req.headers().get_all(*name) {
             if let Ok(v) = v.to_str() {
@@ -298,7 +356,7 @@ pub async fn serve(
 
 /// Passes a refused handshake back to the client (status and body), so it
 /// can fall back to its next protocol.
-async fn passthrough(head: Head, mut body: Vec<u8>, mut conn: TcpStream) -> Response<Body> {
+async fn passthrough(head: Head, mut body: Vec<u8>, mut conn: Box<dyn Conn>) -> Response<Body> {
     let want = head
         .get("content-length")
         .and_then(|v| v.parse::<usize>().ok());
@@ -375,15 +433,19 @@ mod tests {
 
     #[test]
     fn urls_and_heads() {
+        let t = split_url("http://127.0.0.1:4321/exec/abc").unwrap();
         assert_eq!(
-            split_url("http://127.0.0.1:4321/exec/abc").unwrap(),
-            ("127.0.0.1:4321".into(), "/exec/abc".into())
+            (t.tls, t.addr(), t.path.as_str()),
+            (false, "127.0.0.1:4321".into(), "/exec/abc")
         );
+        let t = split_url("http://[::1]:80/x?y=1").unwrap();
+        assert_eq!((t.addr(), t.path.as_str()), ("[::1]:80".into(), "/x?y=1"));
+        let t = split_url("https://h/cri/exec/x").unwrap();
         assert_eq!(
-            split_url("http://[::1]:80/x?y=1").unwrap(),
-            ("[::1]:80".into(), "/x?y=1".into())
+            (t.tls, t.addr(), t.path.as_str()),
+            (true, "h:443".into(), "/cri/exec/x")
         );
-        assert!(split_url("https://h/x").is_err());
+        assert!(split_url("ftp://h/x").is_err());
         let h = parse_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: v4.channel.k8s.io").unwrap();
         assert_eq!(h.status, 101);
         assert_eq!(h.get("sec-websocket-protocol"), Some("v4.channel.k8s.io"));

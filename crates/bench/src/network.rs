@@ -46,9 +46,13 @@ pub struct NetworkArgs {
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Seconds measured per path (after one second of warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds measured per path in each round (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
     duration_secs: u64,
+    /// Rounds; each round measures every path in turn (direct, ClusterIP,
+    /// Ingress), so slow drifts of the shared machine hit all three alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Scale-ups (0 -> 1 replica) for the Ready -> traffic latency.
     #[arg(long, default_value_t = 20)]
     scale_ups: usize,
@@ -64,17 +68,74 @@ pub struct NetworkArgs {
     pub markdown: Option<PathBuf>,
 }
 
-/// One path's load run.
+/// CPU time (clock ticks) spent while a path was measured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu {
+    /// The whole machine, busy (everything but idle and iowait).
+    pub machine: u64,
+    /// The kobune process (API server, proxy, Ingress controller, agent).
+    pub kobune: u64,
+    /// This process (the load generator).
+    pub loadgen: u64,
+    pub tck: u64,
+}
+
+impl Cpu {
+    fn add(&mut self, o: Cpu) {
+        self.machine += o.machine;
+        self.kobune += o.kobune;
+        self.loadgen += o.loadgen;
+        self.tck = o.tck;
+    }
+}
+
+/// One path over all rounds.
 pub struct PathRun {
     pub name: &'static str,
+    /// Every latency of every round, and the summed measuring time.
     pub stats: Stats,
     pub errors: u64,
+    /// Requests/s of each round.
+    pub rounds: Vec<f64>,
+    pub cpu: Cpu,
+    /// Connections per pod (by the pod that answered a connection's first
+    /// request), summed over rounds; meaningful where a connection sticks
+    /// to a pod (direct, ClusterIP).
+    pub spread: Vec<usize>,
+}
+
+impl PathRun {
+    /// CPU microseconds per request: (machine, kobune, load generator).
+    pub fn cpu_us(&self) -> (f64, f64, f64) {
+        let n = self.stats.lat.len().max(1) as f64;
+        let us = |t: u64| t as f64 / self.cpu.tck.max(1) as f64 * 1e6 / n;
+        (
+            us(self.cpu.machine),
+            us(self.cpu.kobune),
+            us(self.cpu.loadgen),
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 pub struct Results {
     pub pods: usize,
     pub connections: usize,
     pub duration: Duration,
+    pub rounds: usize,
     pub paths: Vec<PathRun>,
     /// Ready seen -> first answer through the ClusterIP, one per scale-up.
     pub ready_to_traffic: Stats,
@@ -84,13 +145,26 @@ pub struct Results {
 }
 
 impl Results {
+    fn path(&self, name: &str) -> Option<&PathRun> {
+        self.paths.iter().find(|p| p.name == name)
+    }
+
+    /// The median of a path's per-round rates.
     fn rate(&self, name: &str) -> Option<f64> {
-        self.paths
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.stats.rate())
+        self.path(name).map(|p| median(p.rounds.clone()))
+    }
+
+    /// A path's throughput relative to direct: the median over rounds of
+    /// the ratio within each round.
+    fn ratio(&self, name: &str) -> f64 {
+        let (Some(p), Some(d)) = (self.path(name), self.path(DIRECT)) else {
+            return f64::NAN;
+        };
+        median(p.rounds.iter().zip(&d.rounds).map(|(a, b)| a / b).collect())
     }
 }
+
+const DIRECT: &str = "direct to pod IPs";
 
 // ------------------------------------------------------------------ server
 
@@ -287,8 +361,9 @@ async fn open(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
     Ok(sender)
 }
 
-/// GET / on `sender`; Ok when the answer is a 200 from the web app.
-async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<()> {
+/// GET / on `sender`; Ok (with the body) when the answer is a 200 from
+/// the web app.
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<Bytes> {
     let req = hyper::Request::get("/")
         .header("host", host)
         .body(Empty::new())?;
@@ -299,7 +374,40 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str) -> Result<()> {
     if status != 200 || !body.starts_with(b"webapp ") {
         bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
     }
-    Ok(())
+    Ok(body)
+}
+
+/// Busy clock ticks of the whole machine (all but idle and iowait).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    f.iter().take(8).sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
+}
+
+fn cpu_now(kobune: Option<u32>) -> Cpu {
+    Cpu {
+        machine: machine_busy_ticks(),
+        kobune: kobune.and_then(|p| crate::cpu_ticks(p).ok()).unwrap_or(0),
+        loadgen: crate::cpu_ticks(std::process::id()).unwrap_or(0),
+        tck: crate::clk_tck(),
+    }
+}
+
+/// One load run.
+pub struct LoadRun {
+    pub stats: Stats,
+    pub errors: u64,
+    pub cpu: Cpu,
+    /// The pod (hostname in the answer) of each connection's first request.
+    pub first_pods: Vec<String>,
 }
 
 /// `connections` keep-alive connections (connection i to `addrs[i % len]`)
@@ -310,7 +418,8 @@ async fn load(
     host: &str,
     connections: usize,
     duration: Duration,
-) -> Result<(Stats, u64)> {
+    kobune: Option<u32>,
+) -> Result<LoadRun> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -321,6 +430,7 @@ async fn load(
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
+            let mut first_pod: Option<String> = None;
             let mut sender = None;
             while !stop.load(Ordering::Relaxed) {
                 if sender.is_none() {
@@ -335,7 +445,12 @@ async fn load(
                 }
                 let s = sender.as_mut().expect("open");
                 let t0 = Instant::now();
-                let ok = get(s, &host).await.is_ok();
+                let answer = get(s, &host).await;
+                let ok = answer.is_ok();
+                if let (None, Ok(body)) = (&first_pod, &answer) {
+                    let text = String::from_utf8_lossy(body);
+                    first_pod = text.split_whitespace().nth(2).map(str::to_string);
+                }
                 let counted = measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed);
                 if !ok {
                     sender = None;
@@ -346,21 +461,36 @@ async fn load(
                     lat.push(t0.elapsed());
                 }
             }
-            lat
+            (lat, first_pod)
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     errors.store(0, Ordering::SeqCst);
     measuring.store(true, Ordering::SeqCst);
+    let cpu0 = cpu_now(kobune);
     let start = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::SeqCst);
     let elapsed = start.elapsed();
+    let cpu1 = cpu_now(kobune);
     let mut lat = vec![];
+    let mut first_pods = vec![];
     for t in tasks {
-        lat.extend(t.await?);
+        let (l, pod) = t.await?;
+        lat.extend(l);
+        first_pods.extend(pod);
     }
-    Ok((Stats::new(lat, elapsed), errors.load(Ordering::SeqCst)))
+    Ok(LoadRun {
+        stats: Stats::new(lat, elapsed),
+        errors: errors.load(Ordering::SeqCst),
+        cpu: Cpu {
+            machine: cpu1.machine.saturating_sub(cpu0.machine),
+            kobune: cpu1.kobune.saturating_sub(cpu0.kobune),
+            loadgen: cpu1.loadgen.saturating_sub(cpu0.loadgen),
+            tck: cpu1.tck,
+        },
+        first_pods,
+    })
 }
 
 // ------------------------------------------------------------------ ready -> traffic
@@ -425,7 +555,7 @@ async fn probe(addr: SocketAddr) -> bool {
     };
     matches!(
         tokio::time::timeout(Duration::from_millis(500), attempt).await,
-        Ok(Ok(()))
+        Ok(Ok(_))
     )
 }
 
@@ -621,22 +751,64 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
     .await?;
 
     let duration = Duration::from_secs(a.duration_secs);
-    let mut paths = vec![];
-    for (name, addrs, host) in [
-        ("direct to pod IPs", pods.clone(), "direct"),
+    let targets = [
+        (DIRECT, pods.clone(), "direct"),
         ("ClusterIP", vec![web_vip], "clusterip"),
         ("Ingress", vec![ingress], HOST),
-    ] {
-        eprintln!(
-            "[network] {name}: {} connections for {} s",
-            a.connections, a.duration_secs
-        );
-        let (stats, errors) = load(&addrs, host, a.connections, duration).await?;
-        paths.push(PathRun {
+    ];
+    // Pod hostnames in the order of `pods`, for the spread of connections.
+    let mut pod_names: Vec<String> = vec![];
+    let mut paths: Vec<PathRun> = targets
+        .iter()
+        .map(|(name, _, _)| PathRun {
             name,
-            stats,
-            errors,
-        });
+            stats: Stats::new(vec![], Duration::ZERO),
+            errors: 0,
+            rounds: vec![],
+            cpu: Cpu::default(),
+            spread: vec![],
+        })
+        .collect();
+    let mut lat: Vec<Vec<Duration>> = vec![vec![]; targets.len()];
+    let mut elapsed = vec![Duration::ZERO; targets.len()];
+    for round in 0..a.rounds.max(1) {
+        for (i, (name, addrs, host)) in targets.iter().enumerate() {
+            eprintln!(
+                "[network] round {}/{}: {name}: {} connections for {} s",
+                round + 1,
+                a.rounds.max(1),
+                a.connections,
+                a.duration_secs
+            );
+            let run = load(addrs, host, a.connections, duration, Some(server.pid)).await?;
+            eprintln!(
+                "  {:.0} requests/s, {} errors",
+                run.stats.rate(),
+                run.errors
+            );
+            let p = &mut paths[i];
+            p.rounds.push(run.stats.rate());
+            p.errors += run.errors;
+            p.cpu.add(run.cpu);
+            elapsed[i] += run.stats.elapsed;
+            lat[i].extend(run.stats.lat);
+            for pod in run.first_pods {
+                let k = match pod_names.iter().position(|n| *n == pod) {
+                    Some(k) => k,
+                    None => {
+                        pod_names.push(pod);
+                        pod_names.len() - 1
+                    }
+                };
+                if p.spread.len() <= k {
+                    p.spread.resize(k + 1, 0);
+                }
+                p.spread[k] += 1;
+            }
+        }
+    }
+    for (i, l) in lat.into_iter().enumerate() {
+        paths[i].stats = Stats::new(l, elapsed[i]);
     }
     let server_rss_mib = rss_kib(server.pid).unwrap_or(0) as f64 / 1024.0;
     eprintln!(
@@ -648,6 +820,7 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
         pods: a.pods,
         connections: a.connections,
         duration,
+        rounds: a.rounds.max(1),
         paths,
         ready_to_traffic,
         early,
@@ -659,11 +832,16 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
 
 const PATH_HDR: &[&str] = &[
     "path",
-    "requests/s",
+    "requests/s (median of rounds)",
+    "each round",
     "p50 ms",
     "p99 ms",
     "errors",
     "throughput vs direct",
+    "CPU us/request: machine",
+    "kobune",
+    "load generator",
+    "connections per pod",
 ];
 
 fn ms(v: f64) -> String {
@@ -677,17 +855,35 @@ fn ms(v: f64) -> String {
 }
 
 fn rows(r: &Results) -> Vec<Vec<String>> {
-    let direct = r.rate("direct to pod IPs").unwrap_or(f64::NAN);
     r.paths
         .iter()
         .map(|p| {
+            let (machine, kobune, loadgen) = p.cpu_us();
+            let spread = if p.name == "Ingress" {
+                "per request".to_string()
+            } else {
+                p.spread
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
             vec![
                 p.name.to_string(),
-                format!("{:.0}", p.stats.rate()),
+                format!("{:.0}", r.rate(p.name).unwrap_or(f64::NAN)),
+                p.rounds
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 ms(p.stats.pct(50.0)),
                 ms(p.stats.pct(99.0)),
                 p.errors.to_string(),
-                format!("{:.0}%", p.stats.rate() / direct * 100.0),
+                format!("{:.0}%", r.ratio(p.name) * 100.0),
+                format!("{machine:.1}"),
+                format!("{kobune:.1}"),
+                format!("{loadgen:.1}"),
+                spread,
             ]
         })
         .collect()
@@ -696,10 +892,9 @@ fn rows(r: &Results) -> Vec<Vec<String>> {
 /// The targets, each with a verdict.
 pub fn targets(r: &Results) -> Vec<String> {
     let verdict = |ok: bool| if ok { "**MET**" } else { "**NOT MET**" };
-    let direct = r.rate("direct to pod IPs").unwrap_or(f64::NAN);
     let mut out = vec![];
     for (name, target) in [("Ingress", INGRESS_TARGET), ("ClusterIP", CLUSTERIP_TARGET)] {
-        let ratio = r.rate(name).unwrap_or(f64::NAN) / direct;
+        let ratio = r.ratio(name);
         out.push(format!(
             "{name} throughput >= {:.0}% of direct: {:.0}% {}",
             target * 100.0,
@@ -724,9 +919,10 @@ pub fn text(r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} webapp pods, {} keep-alive connections, {} s per path",
+        "{} webapp pods, {} keep-alive connections, {} rounds of {} s per path",
         r.pods,
         r.connections,
+        r.rounds,
         r.duration.as_secs()
     );
     let _ = writeln!(out, "{}", PATH_HDR.join(" | "));
@@ -761,9 +957,10 @@ pub fn markdown(
     let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
     let _ = writeln!(
         out,
-        "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections sends `GET /` back to back for {} s per path (after 1 s of warm-up). Direct: connection i goes to pod i mod {}. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",
+        "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections (opened once, reused for every request, on every path) sends `GET /` back to back. {} rounds; each round measures direct, ClusterIP and Ingress in turn for {} s each (after 1 s of warm-up), so drifts of the shared machine hit all three; requests/s is the median of the rounds and \"vs direct\" the median of the per-round ratios. Direct: connection i goes to pod i mod {}. CPU per request is busy CPU time over the measured seconds (machine: all processes and the kernel, from /proc/stat; kobune and the load generator from their /proc/PID/stat) divided by the requests answered; the rest of the machine's share is mostly the web app pods. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",
         r.pods,
         r.connections,
+        r.rounds,
         r.duration.as_secs(),
         r.pods,
         r.server_rss_mib,
@@ -816,11 +1013,20 @@ mod tests {
             name,
             stats: stats(&vec![1; n], 1),
             errors: 0,
+            rounds: vec![n as f64],
+            cpu: Cpu {
+                machine: 200,
+                kobune: 50,
+                loadgen: 100,
+                tck: 100,
+            },
+            spread: vec![1, 3],
         };
         Results {
             pods: 2,
             connections: 4,
             duration: Duration::from_secs(1),
+            rounds: 1,
             paths: vec![
                 run("direct to pod IPs", direct),
                 run("ClusterIP", cip),
@@ -863,10 +1069,13 @@ mod tests {
             Duration::from_secs(3),
         );
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
+        // 2 s of machine CPU over 90 requests: 22222 us each.
         assert!(
-            md.contains("| Ingress | 90 | 1.00 | 1.00 | 0 | 90% |"),
+            md.contains("| Ingress | 90 | 90 | 1.00 | 1.00 | 0 | 90% | 22222.2 | 5555.6 | 11111.1 | per request |"),
             "{md}"
         );
+        assert!(md.contains("| ClusterIP | 100 | 100 |"), "{md}");
+        assert!(md.contains("| 1/3 |"), "{md}");
         let dir = std::env::temp_dir().join(format!("kobune-bench-net-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("B.md");
@@ -877,6 +1086,19 @@ mod tests {
         assert_eq!(text.matches(BEGIN).count(), 1);
         assert!(text.starts_with("# B\n\nintro\n"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ratios_are_medians_of_rounds() {
+        let mut r = results(100, 90, 50);
+        r.paths[0].rounds = vec![100.0, 200.0, 100.0];
+        r.paths[1].rounds = vec![90.0, 100.0, 99.0];
+        // Per round 0.90, 0.50, 0.99: the median is 0.90, although the
+        // medians of the rates alone (99 / 100) would say 0.99.
+        assert!((r.ratio("ClusterIP") - 0.90).abs() < 1e-9);
+        assert_eq!(r.rate("ClusterIP"), Some(99.0));
+        assert_eq!(median(vec![1.0, 3.0]), 2.0);
+        assert!(median(vec![]).is_nan());
     }
 
     #[test]
@@ -924,19 +1146,21 @@ mod tests {
                 });
             }
         });
-        let (st, errors) = load(&[addr], "x", 3, Duration::from_millis(300))
+        let run = load(&[addr], "x", 3, Duration::from_millis(300), None)
             .await
             .unwrap();
-        assert_eq!(errors, 0);
-        assert!(st.lat.len() > 30, "{}", st.lat.len());
-        assert!(st.rate() > 100.0);
+        assert_eq!(run.errors, 0);
+        assert!(run.stats.lat.len() > 30, "{}", run.stats.lat.len());
+        assert!(run.stats.rate() > 100.0);
+        assert_eq!(run.first_pods, vec!["test".to_string(); 3]);
+        assert!(run.cpu.tck > 0);
         // Nothing listening: every attempt is an error, nothing measured.
         let dead: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
-        let (st, errors) = load(&[dead], "x", 1, Duration::from_millis(200))
+        let run = load(&[dead], "x", 1, Duration::from_millis(200), None)
             .await
             .unwrap();
-        assert!(st.lat.is_empty() && errors > 0);
+        assert!(run.stats.lat.is_empty() && run.errors > 0);
     }
 }

@@ -272,6 +272,9 @@ struct Seen {
     ready_ever: usize,
     /// Pods currently Ready and not being deleted.
     ready_now: usize,
+    /// The first binding seen as it happened, and how many were.
+    first_bound: Option<Instant>,
+    live_bound: usize,
     last_bound: Option<Instant>,
     last_ready: Option<Instant>,
     events: usize,
@@ -302,6 +305,11 @@ impl Seen {
             t.bound_at = Some(at);
             self.bound += 1;
             self.last_bound = Some(at);
+            // Bindings seen happening (not already done in the first listing).
+            if ev.kind == "MODIFIED" {
+                self.live_bound += 1;
+                self.first_bound.get_or_insert(at);
+            }
         }
         let ready = p
             .status
@@ -577,6 +585,9 @@ pub struct SchedRun {
     setup: Duration,
     /// The scheduler's own average cycle time (filter, score, assume), µs.
     cycle_us: Option<u64>,
+    /// Backlog: bindings seen happening and first → last of them, of
+    /// `pods` pods that were all Pending when the scheduler started.
+    backlog: Option<(usize, Duration)>,
 }
 
 /// The last `avg_us` the scheduler logged ("scheduling cycles" lines).
@@ -593,6 +604,10 @@ fn cycle_us(log: &Path) -> Option<u64> {
 impl SchedRun {
     fn bind_rate(&self) -> f64 {
         self.pods as f64 / self.bind_span.as_secs_f64().max(1e-9)
+    }
+    fn backlog_rate(&self) -> Option<f64> {
+        self.backlog
+            .map(|(n, d)| n as f64 / d.as_secs_f64().max(1e-9))
     }
 }
 
@@ -638,6 +653,7 @@ async fn sched_run(
         rss_mib: server.rss_mib(),
         setup,
         cycle_us: cycle_us(&dir.join("kobune.log")),
+        backlog: None,
     };
     eprintln!(
         "  bound {:.0} pods/s; all Ready after {:.1} s",
@@ -646,7 +662,66 @@ async fn sched_run(
     );
     drop(watch);
     server.stop().await;
+    let mut run = run;
+    match backlog(a, kobune, &dir.join("backlog"), nodes, pods).await {
+        Ok(b) => {
+            run.backlog = Some(b);
+            eprintln!(
+                "  backlog bound {:.0} pods/s",
+                run.backlog_rate().unwrap_or(0.0)
+            );
+        }
+        Err(e) => eprintln!("  backlog run failed: {e:#}"),
+    }
     Ok(run)
+}
+
+/// The scheduler alone, as kube-scheduler's perf suite measures it: a
+/// server started with `--disable-scheduler` takes `pods` pods (all stay
+/// Pending), then it is restarted on the same data with its scheduler
+/// (and the Nodes, but not their simulated kubelets).
+/// Returns how many bindings the watch saw happen (pods bound before it
+/// was open are not counted) and the time from the first to the last.
+async fn backlog(
+    a: &WorkloadArgs,
+    kobune: &Path,
+    dir: &Path,
+    nodes: usize,
+    pods: usize,
+) -> Result<(usize, Duration)> {
+    let timeout = Duration::from_secs(a.timeout_secs);
+    let mut args = sim_args(nodes);
+    args.push("--disable-scheduler".into());
+    let server = Server::start(kobune, dir, &args).await?;
+    wait_nodes(&server.target, nodes, true, timeout).await?;
+    create_namespace(&server.target, NS).await?;
+    eprintln!("  backlog: {pods} pods with no scheduler running");
+    create_pods(
+        &server.target,
+        NS,
+        bare_pods("q", pods, &a.image),
+        a.clients,
+    )
+    .await?;
+    server.stop().await;
+    // The Nodes stay in the store; without their simulated kubelets the
+    // restart is quick (as in kube-scheduler's perf suite, nodes have no
+    // kubelet), so the watch is open while the backlog is being bound.
+    let args: Vec<String> = vec!["--disable-agent".into(), "--disable-ingress".into()];
+    let server = Server::start(kobune, dir, &args).await?;
+    let watch = PodWatch::open(&server.target, NS).await?;
+    watch
+        .until("backlog bound", timeout, |s| s.bound >= pods)
+        .await?;
+    let (first, last, seen) = watch.with(|s| (s.first_bound, s.last_bound, s.live_bound));
+    drop(watch);
+    server.stop().await;
+    let span = last.context("no binding seen")? - first.context("no binding seen happen")?;
+    anyhow::ensure!(
+        seen * 2 >= pods,
+        "only {seen} of {pods} bindings were seen happening"
+    );
+    Ok((seen.saturating_sub(1), span))
 }
 
 pub struct RssRun {
@@ -1091,6 +1166,7 @@ const SCHED_HDR: &[&str] = &[
     "creates/s (baseline)",
     "bound pods/s",
     "bound/creates",
+    "backlog bound pods/s",
     "last binding after last create s",
     "first create to all Ready s",
     "scheduler cycle us (avg)",
@@ -1135,6 +1211,7 @@ fn tables(r: &Results) -> Tables {
             format!("{:.0}", s.creates.rate()),
             format!("{:.0}", s.bind_rate()),
             format!("{:.2}", s.bind_rate() / s.creates.rate()),
+            s.backlog_rate().map_or("-".into(), |r| format!("{r:.0}")),
             secs(s.bind_lag),
             secs(s.ready_span),
             s.cycle_us.map_or("-".into(), |u| u.to_string()),
@@ -1201,13 +1278,15 @@ fn targets(r: &Results) -> Vec<String> {
     let v = |ok: bool| if ok { "**MET**" } else { "**NOT MET**" };
     let mut out = vec![];
     for s in &r.sched {
+        let backlog = s.backlog_rate().unwrap_or(0.0);
         out.push(format!(
-            "Scheduler >= 5,000 pods/s ({} nodes, {} pods): {:.0} pods/s bound (creates arrived at {:.0}/s) — {}",
+            "Scheduler >= 5,000 pods/s ({} nodes, {} pods): {:.0} pods/s bound from a backlog; {:.0} pods/s bound while creates arrived at {:.0}/s — {}",
             s.nodes,
             s.pods,
+            backlog,
             s.bind_rate(),
             s.creates.rate(),
-            v(s.bind_rate() >= 5000.0)
+            v(backlog >= 5000.0)
         ));
     }
     if let Some(c) = &r.containerd {

@@ -595,25 +595,16 @@ impl Controller {
             None => {
                 let rev_name = format!("{}-{hash}", name(ds));
                 let cr = new_revision(ds, "DaemonSet", &rev_name, &hash, &data, max + 1);
-                match self
-                    .reg
-                    .create(&self.cr_info, Some(ns), cr, &self.opts)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == 409 => {
-                        // A different template under this hash: bump the collision count.
-                        return Err(revision_collision(
-                            &self.reg,
-                            &self.ds_info,
-                            ds,
-                            collision,
-                            &self.opts,
-                        )
-                        .await);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                create_revision(
+                    &self.reg,
+                    &self.cr_info,
+                    &self.ds_info,
+                    ds,
+                    cr,
+                    collision,
+                    &self.opts,
+                )
+                .await?;
                 hash
             }
         };

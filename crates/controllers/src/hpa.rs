@@ -7,9 +7,16 @@
 //! scaling policies (`spec.behavior`) and min/max, rescales, and writes
 //! status (current metrics, conditions) and events.
 //!
+//! Metric sources: Resource and ContainerResource (metrics.k8s.io), Pods
+//! and Object (custom.metrics.k8s.io: an object's value is the sum over
+//! the pods it selects; Value or AverageValue targets). External metrics
+//! are not served: such a metric fails with FailedGetExternalMetric.
+//!
 //! The algorithm is pure over snapshots ([`resource_replicas`],
-//! [`plain_metric_replicas`], [`Normalizer`]); [`Controller`] feeds it from
-//! the metrics APIs ([`kobune_apiserver::metrics::Metrics`]) and the cache.
+//! [`plain_metric_replicas`], [`object_value_replicas`],
+//! [`object_average_replicas`], [`Normalizer`]); [`Controller`] feeds it
+//! from the metrics APIs ([`kobune_apiserver::metrics::Metrics`]) and the
+//! cache.
 
 use crate::runtime::{Informer, WorkQueue};
 use crate::workload::*;
@@ -396,6 +403,63 @@ pub fn plain_metric_replicas(
         return Ok((current, usage));
     }
     Ok((n, usage))
+}
+
+/// Running pods whose Ready condition is True (upstream's
+/// getReadyPodsCount); no pods at all is an error.
+pub fn ready_pods(pods: &[Value]) -> Result<i32, String> {
+    if pods.is_empty() {
+        return Err("no pods returned by selector while calculating replica count".into());
+    }
+    Ok(pods
+        .iter()
+        .filter(|p| {
+            p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+                && ready_condition(p).is_some_and(|c| c["status"] == "True")
+        })
+        .count() as i32)
+}
+
+/// An Object metric with a Value target (upstream's
+/// GetObjectMetricReplicas): the ratio of the object's value to the
+/// target scales the ready pods; within tolerance nothing changes; a
+/// target scaled to zero gets `ceil(ratio)`.
+pub fn object_value_replicas(
+    current: i32,
+    usage: i64,
+    target: i64,
+    ready: i32,
+    tolerance: f64,
+) -> i32 {
+    let ratio = usage as f64 / target.max(1) as f64;
+    if current == 0 {
+        return ratio.ceil() as i32;
+    }
+    if (1.0 - ratio).abs() <= tolerance {
+        return current;
+    }
+    (ratio * ready as f64).ceil() as i32
+}
+
+/// An Object metric with an AverageValue target (upstream's
+/// GetObjectPerPodMetricReplicas): the object's value divided among the
+/// target's current replicas (`status.replicas`) against the per-pod
+/// target. Returns (replicas, current average in thousandths).
+pub fn object_average_replicas(
+    status_replicas: i32,
+    usage: i64,
+    target: i64,
+    tolerance: f64,
+) -> (i32, i64) {
+    let target = target.max(1);
+    let pods = status_replicas.max(1);
+    let ratio = usage as f64 / (target as f64 * pods as f64);
+    let replicas = if (1.0 - ratio).abs() > tolerance {
+        (usage as f64 / target as f64).ceil() as i32
+    } else {
+        status_replicas
+    };
+    (replicas, (usage as f64 / pods as f64).ceil() as i64)
 }
 
 // ---------------------------------------------------------------------------
@@ -1065,6 +1129,7 @@ impl Controller {
         hpa: &Value,
         spec: &Value,
         current: i32,
+        status_replicas: i32,
         sel: &Selector,
         now: f64,
     ) -> Result<(i32, String, Value), (String, String)> {
@@ -1187,11 +1252,117 @@ impl Controller {
                     json!({"type": "Pods", "pods": {"metric": mstatus, "current": {"averageValue": milli_quantity(usage)}}}),
                 ))
             }
+            "Object" => {
+                self.object_replicas(ns, &spec["object"], current, status_replicas, sel)
+                    .await
+            }
+            "External" => {
+                let m = &spec["external"];
+                Err((
+                    "FailedGetExternalMetric".to_string(),
+                    format!(
+                        "unable to get external metric {ns}/{}: no external metrics API \
+                         (external.metrics.k8s.io) is served; kobune scales on Resource, \
+                         ContainerResource, Pods and Object metrics",
+                        m["metric"]["name"].as_str().unwrap_or_default()
+                    ),
+                ))
+            }
             other => Err((
                 "InvalidMetricSourceType".to_string(),
                 format!("unknown metric source type {other:?}"),
             )),
         }
+    }
+
+    /// An Object metric's proposal: the object's value from the custom
+    /// metrics API (the sum over the pods it selects) against a Value or
+    /// AverageValue target.
+    async fn object_replicas(
+        &self,
+        ns: &str,
+        m: &Value,
+        current: i32,
+        status_replicas: i32,
+        sel: &Selector,
+    ) -> Result<(i32, String, Value), (String, String)> {
+        let obj = &m["describedObject"];
+        let metric = m["metric"]["name"].as_str().unwrap_or_default();
+        let (av, kind, oname) = (
+            obj["apiVersion"].as_str().unwrap_or_default(),
+            obj["kind"].as_str().unwrap_or_default(),
+            obj["name"].as_str().unwrap_or_default(),
+        );
+        let fail = |e: String| ("FailedGetObjectMetric".to_string(), e);
+        let unable = |e: String| {
+            fail(format!(
+                "unable to get metric {metric}: {kind} on {ns} {oname}/{e}"
+            ))
+        };
+        let msel = match m["metric"].get("selector").filter(|s| s.is_object()) {
+            Some(s) => Selector::from_label_selector(s).map_err(fail)?,
+            None => Selector::default(),
+        };
+        let target = &m["target"];
+        let value_target = target["value"].clone();
+        let avg_target = target["averageValue"].clone();
+        let (t, per_pod) = match target["type"].as_str() {
+            Some("Value") if !value_target.is_null() => (milli_json(&value_target), false),
+            Some("AverageValue") if !avg_target.is_null() => (milli_json(&avg_target), true),
+            _ => (None, false),
+        };
+        let t = t.ok_or_else(|| {
+            fail("invalid object metric source: neither a value target nor an average value target was set".into())
+        })?;
+        let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
+        let info = self
+            .registry
+            .resources
+            .find_kind(g, v, kind)
+            .ok_or_else(|| {
+                unable(format!(
+                    "no matches for kind \"{kind}\" in version \"{av}\""
+                ))
+            })?;
+        let value = self
+            .metrics
+            .object_custom_metric(&info, ns, oname, metric, &msel)
+            .await
+            .map_err(|e| {
+                unable(format!(
+                    "unable to fetch metrics from custom metrics API: {}",
+                    e.message
+                ))
+            })?;
+        let usage = (value.value * 1000.0).round() as i64;
+        let mut mstatus = json!({"name": metric});
+        if let Some(s) = m["metric"].get("selector") {
+            mstatus["selector"] = s.clone();
+        }
+        let (n, current_status) = if per_pod {
+            let (n, avg) = object_average_replicas(status_replicas, usage, t, self.tolerance);
+            (n, json!({"averageValue": milli_quantity(avg)}))
+        } else {
+            let within = (1.0 - usage as f64 / t.max(1) as f64).abs() <= self.tolerance;
+            // Upstream counts ready pods only when the ratio scales them.
+            let ready = if current == 0 || within {
+                0
+            } else {
+                let pods = self.pod_list(ns, sel).await.map_err(fail)?;
+                ready_pods(&pods).map_err(fail)?
+            };
+            let n = object_value_replicas(current, usage, t, ready, self.tolerance);
+            (n, json!({"value": milli_quantity(usage)}))
+        };
+        Ok((
+            n,
+            format!("{kind} metric {metric}"),
+            json!({"type": "Object", "object": {
+                "describedObject": obj,
+                "metric": mstatus,
+                "current": current_status,
+            }}),
+        ))
     }
 
     /// Reconciles one HPA (`namespace/name`).
@@ -1298,7 +1469,10 @@ impl Controller {
             let mut invalid = 0;
             let mut first_err: Option<(String, String)> = None;
             for m in &specs {
-                match self.replicas_for_metric(&hpa, m, current, &sel, now).await {
+                match self
+                    .replicas_for_metric(&hpa, m, current, scale.status_replicas, &sel, now)
+                    .await
+                {
                     Ok((n, label, status)) => {
                         metric_statuses.push(status);
                         if best.as_ref().is_none_or(|(b, _)| *b == 0 || n > *b) {
@@ -1716,6 +1890,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.0, 2);
+    }
+
+    #[test]
+    fn object_value_targets_scale_the_ready_pods() {
+        // 3 busy workers on the Service against a value of 2: 1.5 x 2 ready pods.
+        assert_eq!(object_value_replicas(2, 3000, 2000, 2, TOLERANCE), 3);
+        // Within tolerance: keep.
+        assert_eq!(object_value_replicas(2, 2100, 2000, 2, TOLERANCE), 2);
+        // Nothing busy: zero (min/max clamp later).
+        assert_eq!(object_value_replicas(3, 0, 2000, 3, TOLERANCE), 0);
+        // Half the target with 4 ready pods: 2.
+        assert_eq!(object_value_replicas(4, 1000, 2000, 4, TOLERANCE), 2);
+        // Only the ready pods count, not the current replicas.
+        assert_eq!(object_value_replicas(4, 4000, 2000, 1, TOLERANCE), 2);
+        // A target at zero scales by the ratio alone.
+        assert_eq!(object_value_replicas(0, 5000, 2000, 0, TOLERANCE), 3);
+    }
+
+    #[test]
+    fn object_average_value_targets_divide_by_status_replicas() {
+        // 9 in total, 3 per pod wanted: 3 pods, 4.5 average over 2 replicas.
+        assert_eq!(object_average_replicas(2, 9000, 3000, TOLERANCE), (3, 4500));
+        // 6.2 over 2 replicas against 3 each: ratio 1.03, keep 2.
+        assert_eq!(object_average_replicas(2, 6200, 3000, TOLERANCE), (2, 3100));
+        // 1 over 4 replicas against 3 each: ceil(1/3) = 1.
+        assert_eq!(object_average_replicas(4, 1000, 3000, TOLERANCE), (1, 250));
+        // No replicas yet: the whole value counts as one pod's.
+        assert_eq!(object_average_replicas(0, 7000, 3000, TOLERANCE).0, 3);
+    }
+
+    #[test]
+    fn ready_pods_count_running_and_ready() {
+        let mut unready = pod("b", "100m", 600.0);
+        unready["status"]["conditions"][0]["status"] = json!("False");
+        let mut pending = pod("c", "100m", 600.0);
+        pending["status"]["phase"] = json!("Pending");
+        let mut no_cond = pod("d", "100m", 600.0);
+        no_cond["status"]["conditions"] = json!([]);
+        let pods = vec![pod("a", "100m", 600.0), unready, pending, no_cond];
+        assert_eq!(ready_pods(&pods), Ok(1));
+        assert!(ready_pods(&[]).unwrap_err().starts_with("no pods returned"));
     }
 
     fn b(up_window: f64, down_window: f64, up: Vec<Policy>, down: Vec<Policy>) -> Behavior {

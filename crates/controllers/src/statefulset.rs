@@ -342,27 +342,16 @@ impl Controller {
             None => {
                 let rev_name = format!("{}-{hash}", name(sts));
                 let cr = new_revision(sts, "StatefulSet", &rev_name, &rev_name, &data, max + 1);
-                match self
-                    .reg
-                    .create(&self.cr_info, Some(ns), cr, &self.opts)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == 409 => {
-                        let existing = self.reg.get(&self.cr_info, Some(ns), &rev_name).await.ok();
-                        if existing.as_ref().and_then(|r| r.get("data")) != Some(&data) {
-                            return Err(revision_collision(
-                                &self.reg,
-                                &self.sts_info,
-                                sts,
-                                collision,
-                                &self.opts,
-                            )
-                            .await);
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                create_revision(
+                    &self.reg,
+                    &self.cr_info,
+                    &self.sts_info,
+                    sts,
+                    cr,
+                    collision,
+                    &self.opts,
+                )
+                .await?;
                 rev_name
             }
         };

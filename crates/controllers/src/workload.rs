@@ -380,6 +380,34 @@ pub async fn revision_collision(
     }
 }
 
+/// Creates the owner's ControllerRevision `cr`. A revision of that name
+/// with the same data (written by an earlier sync) is fine; one with other
+/// data is a hash collision ([`revision_collision`]).
+pub async fn create_revision(
+    reg: &Registry,
+    cr_info: &ResourceInfo,
+    owner_info: &ResourceInfo,
+    owner: &Value,
+    cr: Value,
+    collision: Option<i64>,
+    opts: &WriteOptions,
+) -> anyhow::Result<()> {
+    let ns = namespace(owner).to_string();
+    let rev_name = name(&cr).to_string();
+    let data = cr.get("data").cloned();
+    match reg.create(cr_info, Some(&ns), cr, opts).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => {
+            let existing = reg.get(cr_info, Some(&ns), &rev_name).await.ok();
+            if existing.as_ref().and_then(|r| r.get("data")) == data.as_ref() {
+                return Ok(());
+            }
+            Err(revision_collision(reg, owner_info, owner, collision, opts).await)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1287,6 +1287,37 @@ mod tests {
     }
 
     #[test]
+    fn runtime_reasons_reach_the_state() {
+        // containerd reports a kernel OOM kill as reason OOMKilled, exit 137.
+        let st = cri::ContainerStatus {
+            state: cri::ContainerState::ContainerExited as i32,
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            started_at: 1_700_000_000_000_000_000,
+            finished_at: 1_700_000_001_500_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(state_of(&st)).unwrap(),
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                "startedAt": "2023-11-14T22:13:20Z", "finishedAt": "2023-11-14T22:13:21Z"}})
+        );
+        // Without a runtime reason: Completed or Error by the exit code.
+        let reason = |exit_code: i32| match state_of(&cri::ContainerStatus {
+            state: cri::ContainerState::ContainerExited as i32,
+            exit_code,
+            ..Default::default()
+        }) {
+            ContainerState::Terminated { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (reason(0), reason(137)),
+            ("Completed".into(), "Error".into())
+        );
+    }
+
+    #[test]
     fn state_serialises_like_kubernetes() {
         let st = ContainerState::Terminated {
             exit_code: 3,

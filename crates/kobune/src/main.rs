@@ -7,6 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// mimalloc (built without transparent huge pages, which would add ~10 MiB
+/// of idle RSS): the API server allocates many small JSON values per
+/// request, and glibc's malloc spent about a fifth of its CPU on them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kobune",
@@ -25,7 +31,7 @@ enum Command {
     Server(ServerArgs),
     /// Images on this machine's node: import archives, list, export, remove.
     Images(ImagesArgs),
-    /// Join a server as nodes over the network (for now: simulated nodes, --simulate N).
+    /// Join a server as this machine's node (containerd), or as simulated nodes (--simulate N).
     Agent(AgentArgs),
 }
 
@@ -69,8 +75,8 @@ enum ImagesCommand {
 #[derive(clap::Args)]
 struct AgentArgs {
     /// The API server to join, https://HOST[:PORT].
-    #[arg(long, env = "KOBUNE_URL")]
-    server: String,
+    #[arg(long, env = "KOBUNE_URL", required_unless_present = "watchdog")]
+    server: Option<String>,
     /// The server's token (its --token, or DATA_DIR/tls/token on the server).
     #[arg(long, env = "KOBUNE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -78,33 +84,80 @@ struct AgentArgs {
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
     /// The cluster CA the server's certificate must chain to (DATA_DIR/tls/ca.crt on the server).
-    #[arg(long)]
-    server_ca: PathBuf,
-    /// Register N simulated nodes whose pods run without processes (like kwok).
+    #[arg(long, required_unless_present = "watchdog")]
+    server_ca: Option<PathBuf>,
+    /// Register N simulated nodes whose pods run without processes (like kwok)
+    /// instead of joining this machine.
     #[arg(long, default_value_t = 0)]
     simulate: usize,
     /// Simulated nodes are named PREFIX-0 .. PREFIX-(N-1) (default: this machine's hostname).
     #[arg(long)]
     node_name_prefix: Option<String>,
+    /// Agent state: its containerd, pod logs and volumes.
+    #[arg(
+        long,
+        env = "KOBUNE_AGENT_DATA_DIR",
+        default_value = "/var/lib/kobune-agent"
+    )]
+    data_dir: PathBuf,
+    /// This machine's node name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP: the address the server reaches the kubelet
+    /// port on and other nodes route this node's pod CIDR to.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// Port of the kubelet API (logs, exec, attach, port-forward, stats).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// No service proxy or NetworkPolicy rules on this node (as needed when
+    /// a server shares the machine). kobune agent does not run them yet in
+    /// any case; without this flag it warns about that.
+    #[arg(long)]
+    disable_kube_proxy: bool,
+    /// Cluster DNS Service IP in pods' resolv.conf.
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: std::net::Ipv4Addr,
+    /// Cluster domain.
+    #[arg(long, default_value = kobune_network::dns::DEFAULT_DOMAIN)]
+    cluster_domain: String,
+    /// The resolv.conf of dnsPolicy=Default pods (default as for `kobune server`).
+    #[arg(long)]
+    resolv_conf: Option<PathBuf>,
+    /// Internal: wait for the agent on stdin, then clean up what it left
+    /// under --data-dir unless it did so itself.
+    #[arg(long, hide = true)]
+    watchdog: bool,
 }
 
 async fn agent(args: AgentArgs) -> Result<()> {
-    anyhow::ensure!(
-        args.simulate > 0,
-        "kobune agent runs simulated nodes (--simulate N); joining this machine's containerd as a remote node is not supported yet"
-    );
+    if args.watchdog {
+        return kobune_agent::join::watch_and_cleanup(&args.data_dir).await;
+    }
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the token from {}", f.display()))?,
         (None, None) => anyhow::bail!("pass the server's token with --token or --token-file"),
     };
-    let ca = std::fs::read(&args.server_ca)
-        .with_context(|| format!("reading --server-ca {}", args.server_ca.display()))?;
+    let token = token.trim().to_string();
+    let (server, server_ca) = match (&args.server, &args.server_ca) {
+        (Some(s), Some(c)) => (s.clone(), c.clone()),
+        _ => anyhow::bail!("pass --server and --server-ca"),
+    };
+    anyhow::ensure!(
+        args.simulate > 0 || args.node_name_prefix.is_none(),
+        "--node-name-prefix names simulated nodes (--simulate N); this machine's node is named with --node-name"
+    );
+    let ca = std::fs::read(&server_ca)
+        .with_context(|| format!("reading --server-ca {}", server_ca.display()))?;
     let client = Arc::new(
-        kobune_agent::client::ApiClient::new(&args.server, &token, &ca)
+        kobune_agent::client::ApiClient::new(&server, &token, &ca)
             .context("setting up the connection to the server")?,
     );
+    if args.simulate == 0 {
+        return agent_node(args, client, token).await;
+    }
     let prefix = args.node_name_prefix.clone().unwrap_or_else(hostname);
     let names = kobune_agent::remote::run_simulated(client.clone(), args.simulate, &prefix)
         .await
@@ -121,6 +174,64 @@ async fn agent(args: AgentArgs) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: leaving; the nodes stay registered"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: leaving; the nodes stay registered"),
     }
+    Ok(())
+}
+
+/// `kobune agent` joining this machine as a real node.
+async fn agent_node(
+    args: AgentArgs,
+    client: Arc<kobune_agent::client::ApiClient>,
+    token: String,
+) -> Result<()> {
+    let name = args.node_name.clone().unwrap_or_else(hostname);
+    let resolv_conf = args
+        .resolv_conf
+        .clone()
+        .unwrap_or_else(kobune_network::dns::default_resolv_conf);
+    let cfg = kobune_agent::join::JoinConfig {
+        name: name.clone(),
+        data_dir: std::path::absolute(&args.data_dir)?,
+        node_ip: args.node_ip.to_string(),
+        kubelet_port: args.kubelet_port,
+        token,
+        dns: kobune_agent::dns::PodDnsSettings {
+            cluster_dns: vec![args.cluster_dns.to_string()],
+            cluster_domain: args.cluster_domain.clone(),
+            resolv_conf: Some(resolv_conf),
+        },
+    };
+    let mut watchdog = std::process::Command::new(std::env::current_exe()?);
+    watchdog
+        .arg("agent")
+        .arg("--watchdog")
+        .arg("--data-dir")
+        .arg(&cfg.data_dir);
+    if !args.disable_kube_proxy {
+        tracing::warn!(
+            "kobune agent does not run the service proxy or NetworkPolicy rules yet: Service IPs work on this node only where a server's proxy shares the machine"
+        );
+    }
+    let joined = kobune_agent::join::join(client.clone(), cfg, Some(watchdog))
+        .await
+        .with_context(|| {
+            format!(
+                "joining {} as node {name:?} (needs root, containerd, runc and the CNI plugins)",
+                client.server()
+            )
+        })?;
+    println!(
+        "joined {} as node {name} (pod CIDR {}, bridge {}, containerd under {})",
+        client.server(),
+        joined.pod_cidr,
+        joined.bridge,
+        args.data_dir.join("containerd").display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping this node's pods"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping this node's pods"),
+    }
+    joined.shutdown().await;
     Ok(())
 }
 
@@ -206,6 +317,9 @@ struct ServerArgs {
     /// Run without the built-in Ingress controller (IngressClass `kobune`).
     #[arg(long)]
     disable_ingress: bool,
+    /// Run without the scheduler (pods stay Pending unless another scheduler binds them).
+    #[arg(long)]
+    disable_scheduler: bool,
     /// Cluster DNS Service IP (default: the 10th address of --service-cidr).
     #[arg(long)]
     cluster_dns: Option<std::net::Ipv4Addr>,
@@ -276,6 +390,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let server = Arc::new(kobune_apiserver::ApiServer::new(&cfg, store).await?);
+    // Nodes whose agent runs in another process (`kobune agent`) are
+    // reached at the kubelet endpoint their Node publishes.
+    server
+        .kubelets
+        .connect_remote(server.registry.clone(), server.pki.token.clone());
     // On etcd, several servers may share the store: controllers and the
     // scheduler run only while this server holds the
     // kube-system/kobune-controllers Lease. The embedded store has one
@@ -285,13 +404,17 @@ async fn server(args: ServerArgs) -> Result<()> {
         let reg = server.registry.clone();
         let storage = data_dir.join("storage");
         let kubelets = server.kubelets.clone();
+        let scheduler = !args.disable_scheduler;
         let start: kobune_controllers::leader::StartFn = Arc::new(move || {
             let (reg, storage, kubelets) = (reg.clone(), storage.clone(), kubelets.clone());
             Box::pin(async move {
                 kobune_controllers::start(reg.clone()).await?;
                 kobune_controllers::start_local_path(reg.clone(), storage).await?;
                 kobune_controllers::start_autoscaling(reg.clone(), kubelets).await?;
-                kobune_scheduler::start(reg).await
+                if scheduler {
+                    kobune_scheduler::start(reg).await?;
+                }
+                Ok(())
             })
         });
         if shared_store {

@@ -10,10 +10,12 @@
 //! - [`proxy`]: the listeners and request forwarding.
 //!
 //! Informers over Ingresses, Services, EndpointSlices and Secrets wake one
-//! sync task, which rebuilds the routing and certificate tables, records a
+//! sync task (at once after a quiet spell, coalescing only bursts), which
+//! rebuilds the routing and certificate tables, records a
 //! Warning Event for backends without ready endpoints and keeps each
 //! served Ingress's `status.loadBalancer` at the node's address.
 
+pub mod h1;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -90,6 +92,8 @@ pub struct Controller {
     tls_warned: Mutex<HashSet<String>>,
     wake: Arc<Notify>,
     pub(crate) client: proxy::Client,
+    /// Idle upstream connections of the HTTP/1.1 fast path.
+    pub(crate) pool: h1::Pool,
 }
 
 fn by_service(o: &Value) -> Vec<String> {
@@ -164,6 +168,7 @@ pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<C
         tls_warned: Mutex::default(),
         wake: Arc::new(Notify::new()),
         client: proxy::client(),
+        pool: h1::Pool::default(),
     });
     ctl.ensure_class().await;
     for inf in [&ctl.ingresses, &ctl.services, &ctl.slices, &ctl.secrets] {
@@ -173,11 +178,18 @@ pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<C
     ctl.sync().await;
     let c = ctl.clone();
     tokio::spawn(async move {
+        let mut last: Option<std::time::Instant> = None;
         loop {
             c.wake.notified().await;
-            // Let a burst of changes settle into one rebuild.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // A change after a quiet spell is applied at once; one right
+            // after a rebuild waits out the window, so a burst of changes
+            // settles into one rebuild.
+            let wait = crate::iptables::coalesce_wait(last, Duration::from_millis(20));
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             c.sync().await;
+            last = Some(std::time::Instant::now());
         }
     });
     for (addr, https) in [(ctl.cfg.http, false), (ctl.cfg.https, true)] {
@@ -301,7 +313,11 @@ impl Controller {
     /// Where round robin starts for the next request to `b`.
     pub(crate) fn next_index(&self, b: &Backend, n: usize) -> usize {
         let mut rr = self.round_robin.lock().unwrap_or_else(|p| p.into_inner());
-        let i = rr.entry(b.clone()).or_insert(0);
+        // The backend is copied into the map only the first time.
+        let i = match rr.get_mut(b) {
+            Some(i) => i,
+            None => rr.entry(b.clone()).or_insert(0),
+        };
         let out = *i % n.max(1);
         *i = i.wrapping_add(1);
         out
@@ -359,6 +375,13 @@ impl Controller {
             upstreams,
         });
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap.clone();
+        let live: HashSet<SocketAddr> = snap
+            .upstreams
+            .values()
+            .filter_map(|u| u.as_ref().ok())
+            .flat_map(|e| e.iter().copied())
+            .collect();
+        self.pool.retain(&live);
 
         // Backends without endpoints: one Warning Event each time one
         // becomes unavailable.

@@ -4,7 +4,8 @@
 //! jumps to them, and the debounced sync loop state that applies a rule set
 //! with one `iptables-restore --noflush` per change burst, re-checks the
 //! jumps from the built-in chains on a periodic full resync and retries with
-//! backoff when a restore fails.
+//! backoff when a restore fails. A change after a quiet spell is applied at
+//! once; only changes following a pass closely are coalesced.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -34,15 +35,58 @@ impl Rules {
         stale: &BTreeSet<(String, String)>,
         jumps: &[(&str, &str, &str)],
     ) -> String {
+        self.restore_input_since(None, stale, jumps)
+    }
+
+    /// The restore input that turns `prev` (what is in the kernel) into
+    /// these rules: only chains whose rules differ (or are new) are
+    /// declared, so flushed and refilled; the others, and the state of
+    /// their matches (e.g. `statistic --mode nth` counters), stay as they
+    /// are. Smaller transactions also commit faster. `prev` None: every
+    /// chain.
+    pub fn restore_input_since(
+        &self,
+        prev: Option<&Rules>,
+        stale: &BTreeSet<(String, String)>,
+        jumps: &[(&str, &str, &str)],
+    ) -> String {
         let mut out = String::new();
         for (table, body) in [("nat", &self.nat), ("filter", &self.filter)] {
             let _ = writeln!(out, "*{table}");
-            for (t, c) in self.chains.iter().chain(stale.iter()) {
+            let now = by_chain(body);
+            let before = prev.map(|p| {
+                (
+                    by_chain(if table == "nat" { &p.nat } else { &p.filter }),
+                    &p.chains,
+                )
+            });
+            let changed = |c: &str| match &before {
+                None => true,
+                Some((rules, chains)) => {
+                    !chains.contains(&(table.to_string(), c.to_string()))
+                        || rules.get(c) != now.get(c)
+                }
+            };
+            for (t, c) in &self.chains {
+                if t == table && changed(c) {
+                    let _ = writeln!(out, ":{c} - [0:0]");
+                }
+            }
+            for (t, c) in stale {
                 if t == table {
                     let _ = writeln!(out, ":{c} - [0:0]");
                 }
             }
-            out.push_str(body);
+            for line in body.lines() {
+                let chain = rule_chain(line);
+                // Lines of no declared chain (none are built) go as they are.
+                let declared = chain
+                    .is_some_and(|c| self.chains.contains(&(table.to_string(), c.to_string())));
+                if !declared || changed(chain.unwrap_or_default()) {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
             for (t, c, spec) in jumps {
                 if *t == table {
                     let _ = writeln!(out, "-I {c} 1 {spec}");
@@ -57,6 +101,23 @@ impl Rules {
         }
         out
     }
+}
+
+/// The chain an `-A CHAIN ...` line appends to.
+fn rule_chain(line: &str) -> Option<&str> {
+    line.strip_prefix("-A ")
+        .and_then(|r| r.split_whitespace().next())
+}
+
+/// The rule lines of each chain, in order.
+fn by_chain(body: &str) -> std::collections::HashMap<&str, Vec<&str>> {
+    let mut out: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for line in body.lines() {
+        if let Some(c) = rule_chain(line) {
+            out.entry(c).or_default().push(line);
+        }
+    }
+    out
 }
 
 /// Runs a command, feeding it `input`, and returns its stdout (an error
@@ -218,6 +279,13 @@ impl Dirty {
     }
 }
 
+/// How long a change waits before it is applied: nothing after a quiet
+/// spell, the rest of the `window` when the previous pass ended less than
+/// `window` ago.
+pub fn coalesce_wait(last: Option<Instant>, window: Duration) -> Duration {
+    last.map_or(Duration::ZERO, |l| window.saturating_sub(l.elapsed()))
+}
+
 /// One pass of a sync loop.
 pub struct Pass {
     /// When the first change this pass applies arrived.
@@ -245,6 +313,9 @@ pub struct Syncer {
     next_full: Instant,
     failures: u32,
     first: bool,
+    /// When the last pass ended: a change within `debounce` of it waits
+    /// for the rest of that window (a burst), any later one goes at once.
+    last: Option<Instant>,
 }
 
 impl Syncer {
@@ -268,17 +339,25 @@ impl Syncer {
             next_full: Instant::now() + resync,
             failures: 0,
             first: true,
+            last: None,
         }
     }
 
-    /// Waits for a change (coalescing the rest of a burst), the next full
-    /// resync or `stop`; None when stopping. On a full resync, jumps
-    /// someone removed are queued to be inserted again.
+    /// Waits for a change, the next full resync or `stop`; None when
+    /// stopping. A change after a quiet spell is applied at once; one
+    /// arriving within `debounce` of the previous pass (a burst) waits for
+    /// the rest of that window, so the burst lands in one restore. On a
+    /// full resync, jumps someone removed are queued to be inserted again.
     pub async fn next(&mut self, dirty: &Dirty, stop: &mut watch::Receiver<bool>) -> Option<Pass> {
         if !self.first {
             let full = tokio::time::sleep_until(self.next_full.into());
             tokio::select! {
-                _ = dirty.notify.notified() => tokio::time::sleep(self.debounce).await,
+                _ = dirty.notify.notified() => {
+                    let wait = coalesce_wait(self.last, self.debounce);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 _ = full => {}
                 _ = stop.changed() => return None,
             }
@@ -315,12 +394,24 @@ impl Syncer {
     /// (always on a full resync). On failure the change stays dirty and the
     /// loop backs off a little before retrying.
     pub async fn apply(&mut self, rules: Rules, pass: &Pass, dirty: &Dirty) {
+        self.apply_inner(rules, pass, dirty).await;
+        self.last = Some(Instant::now());
+    }
+
+    async fn apply_inner(&mut self, rules: Rules, pass: &Pass, dirty: &Dirty) {
         if self.applied.as_ref() == Some(&rules) && self.jumps.is_empty() && !pass.full {
             return;
         }
         let stale: BTreeSet<(String, String)> =
             self.declared.difference(&rules.chains).cloned().collect();
-        let input = rules.restore_input(&stale, &self.jumps);
+        // A full resync rewrites everything (repairing chains someone
+        // else changed); otherwise only the chains that changed.
+        let prev = if pass.full {
+            None
+        } else {
+            self.applied.as_ref()
+        };
+        let input = rules.restore_input_since(prev, &stale, &self.jumps);
         match tokio::task::spawn_blocking(move || iptables_restore(&input)).await {
             Ok(Ok(())) => {
                 self.failures = 0;
@@ -343,7 +434,11 @@ impl Syncer {
                     self.what,
                     self.failures
                 );
-                // Retry soon, with some backoff, still timing from the change.
+                // Retry soon, with some backoff, still timing from the change,
+                // as a full resync: whatever made the restore fail (say,
+                // someone removed our chains or jumps), the next attempt
+                // checks the jumps and rewrites every chain.
+                self.next_full = Instant::now();
                 dirty.restore(pass.since);
                 dirty.mark();
                 tokio::time::sleep(Duration::from_millis(100 * self.failures.min(50) as u64)).await;
@@ -370,6 +465,55 @@ mod tests {
             input,
             "*nat\n:KOBUNE-A - [0:0]\n-A KOBUNE-A -j ACCEPT\n-I OUTPUT 1 -j KOBUNE-A\nCOMMIT\n\
              *filter\n:KOBUNE-OLD - [0:0]\n-X KOBUNE-OLD\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn partial_restores_rewrite_only_changed_chains() {
+        let rules = |b: &str| {
+            let mut r = Rules {
+                nat: format!("-A KOBUNE-TOP -j KOBUNE-A\n-A KOBUNE-A -j RETURN\n{b}"),
+                ..Default::default()
+            };
+            for c in ["KOBUNE-TOP", "KOBUNE-A", "KOBUNE-B", "KOBUNE-E"] {
+                r.chains.insert(("nat".into(), c.into()));
+            }
+            r
+        };
+        let old = rules("-A KOBUNE-B -j ACCEPT\n");
+        let new = rules("-A KOBUNE-B -j DROP\n");
+        let input = new.restore_input_since(Some(&old), &BTreeSet::new(), &[]);
+        assert_eq!(
+            input,
+            "*nat\n:KOBUNE-B - [0:0]\n-A KOBUNE-B -j DROP\nCOMMIT\n*filter\nCOMMIT\n"
+        );
+        // A chain new to the kernel is declared even when empty.
+        let mut fewer = old.clone();
+        fewer
+            .chains
+            .remove(&("nat".to_string(), "KOBUNE-E".to_string()));
+        let input = old.restore_input_since(Some(&fewer), &BTreeSet::new(), &[]);
+        assert_eq!(input, "*nat\n:KOBUNE-E - [0:0]\nCOMMIT\n*filter\nCOMMIT\n");
+        // Nothing before: everything, as restore_input.
+        assert_eq!(
+            new.restore_input_since(None, &BTreeSet::new(), &[]),
+            new.restore_input(&BTreeSet::new(), &[])
+        );
+        assert!(new
+            .restore_input(&BTreeSet::new(), &[])
+            .contains(":KOBUNE-TOP - [0:0]\n"));
+    }
+
+    #[test]
+    fn changes_wait_only_right_after_a_pass() {
+        let w = Duration::from_millis(10);
+        assert_eq!(coalesce_wait(None, w), Duration::ZERO);
+        let long_ago = Instant::now() - Duration::from_millis(50);
+        assert_eq!(coalesce_wait(Some(long_ago), w), Duration::ZERO);
+        let just_now = coalesce_wait(Some(Instant::now()), w);
+        assert!(
+            just_now > Duration::from_millis(5) && just_now <= w,
+            "{just_now:?}"
         );
     }
 

@@ -3,19 +3,22 @@
 //! ClusterIP, a NodePort or a LoadBalancer address reaches a ready pod.
 //!
 //! [`build_rules`] turns a snapshot into `iptables-restore` input (pure, unit
-//! tested); [`Proxy`] watches the objects through informers, coalesces
-//! bursts of changes for [`DEBOUNCE`], and applies the whole rule set with
-//! one `iptables-restore --noflush` per sync: our chains (all named
-//! `KOBUNE-...`) are declared, which flushes them, and refilled in one
-//! transaction, so the kernel never sees half a rule set. Chains no longer
+//! tested); [`Proxy`] watches the objects through informers, applies a
+//! change at once when idle (coalescing only changes that follow a sync
+//! within [`DEBOUNCE`]), and applies the rule set with
+//! one `iptables-restore --noflush` per sync: the chains (all named
+//! `KOBUNE-...`) whose rules changed are declared, which flushes them, and
+//! refilled in one transaction, so the kernel never sees half a rule set
+//! (unchanged chains, and their round-robin counters, are left alone; the
+//! periodic full resync rewrites all). Chains no longer
 //! needed are deleted in the same transaction.
 //!
 //! Layout (nat table): PREROUTING and OUTPUT jump to `KOBUNE-SERVICES`,
 //! which matches each ClusterIP:port (and LoadBalancer/external IP:port)
 //! and, last, any local address into `KOBUNE-NODEPORTS`. A service port's
-//! `KOBUNE-SVC-*` chain picks an endpoint with `-m statistic` (or `-m recent`
-//! for ClientIP affinity) and jumps to that endpoint's `KOBUNE-SEP-*` chain,
-//! which DNATs. Traffic needing SNAT (from the host, from outside the pod
+//! `KOBUNE-SVC-*` chain picks an endpoint round robin over new connections
+//! with `-m statistic --mode nth` (or `-m recent` for ClientIP affinity)
+//! and jumps to that endpoint's `KOBUNE-SEP-*` chain, which DNATs. Traffic needing SNAT (from the host, from outside the pod
 //! network, NodePorts, a pod reaching itself) is marked by
 //! `KOBUNE-MARK-MASQ` and masqueraded in `KOBUNE-POSTROUTING`. Service
 //! ports without usable endpoints are rejected in the filter table
@@ -35,7 +38,7 @@ use tokio::sync::watch;
 
 /// Every chain the proxy owns starts with this.
 pub const CHAIN_PREFIX: &str = "KOBUNE-";
-/// Changes arriving within this window are applied together.
+/// Changes arriving within this window after a sync are applied together.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Full resync (rules re-applied, jumps and route checked) this often.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -451,10 +454,15 @@ pub fn build_rules(
                     let comment =
                         format!("-m comment --comment \"{} -> {}:{}\"", sp.id, e.ip, e.port);
                     if i + 1 < n {
-                        let prob = 1.0 / (n - i) as f64;
+                        // Round robin over new connections (IPVS's default
+                        // scheduler): of the connections reaching this
+                        // rule, every (n-i)th takes this endpoint, so a
+                        // handful of long-lived connections spreads evenly
+                        // (random picks often pile them up on one pod).
                         let _ = writeln!(
                             out,
-                            "-A {from} {comment} -m statistic --mode random --probability {prob:.10} -j {sep}"
+                            "-A {from} {comment} -m statistic --mode nth --every {} --packet 0 -j {sep}",
+                            n - i
                         );
                     } else {
                         let _ = writeln!(out, "-A {from} {comment} -j {sep}");
@@ -930,7 +938,9 @@ mod tests {
         assert!(r.nat.contains(&format!(
             "-A KOBUNE-SERVICES -d 10.43.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"d/web:http cluster IP\" -j {svc_chain}"
         )));
-        assert!(r.nat.contains("--probability 0.5000000000"));
+        assert!(r
+            .nat
+            .contains("-m statistic --mode nth --every 2 --packet 0 -j"));
         assert!(r.nat.contains("-j DNAT --to-destination 10.42.0.2:8080"));
         assert!(r.nat.contains("-j DNAT --to-destination 10.42.0.3:8080"));
         assert!(!r.nat.contains("10.42.0.4"), "not-ready endpoint unused");
@@ -1111,6 +1121,82 @@ mod tests {
             "--dport 30080 -m comment --comment \"d/web:http has no local endpoints\" -j DROP"
         ));
         assert!(!r.nat.contains(&svl));
+    }
+
+    /// What the kernel holds after restore inputs, as iptables-restore
+    /// --noflush applies them: `:C` creates or flushes, `-A` appends, `-X`
+    /// deletes; jumps into built-in chains are left out.
+    fn kernel_after(kernel: &mut BTreeMap<(String, String), Vec<String>>, input: &str) {
+        let mut table = String::new();
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.to_string();
+            } else if let Some(c) = line.strip_prefix(':') {
+                let c = c.split_whitespace().next().unwrap().to_string();
+                kernel.insert((table.clone(), c), vec![]);
+            } else if let Some(r) = line.strip_prefix("-A ") {
+                let c = r.split_whitespace().next().unwrap().to_string();
+                kernel
+                    .get_mut(&(table.clone(), c.clone()))
+                    .unwrap_or_else(|| panic!("-A to missing chain {c}: {input}"))
+                    .push(line.to_string());
+            } else if let Some(c) = line.strip_prefix("-X ") {
+                let rules = kernel.remove(&(table.clone(), c.to_string()));
+                assert_eq!(rules, Some(vec![]), "-X of a missing or full chain {c}");
+                for ((t, _), lines) in kernel.iter() {
+                    assert!(
+                        !(t == &table && lines.iter().any(|l| l.ends_with(&format!("-j {c}")))),
+                        "{c} deleted while still referenced: {input}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partial_restores_leave_the_kernel_as_full_ones() {
+        fn ep(ip: &str, ready: bool) -> (&str, bool, bool, bool) {
+            (ip, ready, ready, false)
+        }
+        type Ep<'a> = (&'a str, bool, bool, bool);
+        let states: Vec<(Vec<Arc<Value>>, Vec<Ep>)> = vec![
+            (vec![svc("ClusterIP")], vec![]),
+            (vec![svc("ClusterIP")], vec![ep("10.42.0.2", false)]),
+            (vec![svc("ClusterIP")], vec![ep("10.42.0.2", true)]),
+            (
+                vec![svc("NodePort")],
+                vec![ep("10.42.0.2", true), ep("10.42.0.3", true)],
+            ),
+            (
+                vec![svc("NodePort")],
+                vec![
+                    ep("10.42.0.3", true),
+                    ep("10.42.0.4", true),
+                    ep("10.42.0.2", false),
+                ],
+            ),
+            (vec![svc("LoadBalancer")], vec![ep("10.42.0.4", true)]),
+            (vec![svc("NodePort")], vec![]),
+            (vec![], vec![]),
+            (vec![svc("ClusterIP")], vec![ep("10.42.0.5", true)]),
+        ];
+        let mut kernel = BTreeMap::new();
+        let mut applied: Option<Rules> = None;
+        let mut declared: BTreeSet<(String, String)> = BTreeSet::new();
+        for (i, (services, eps)) in states.iter().enumerate() {
+            let sl = slice(eps);
+            let rules = build_rules(services, &|_, _| vec![sl.clone()], &ctx());
+            let stale: BTreeSet<(String, String)> =
+                declared.difference(&rules.chains).cloned().collect();
+            let input = rules.restore_input_since(applied.as_ref(), &stale, &[]);
+            kernel_after(&mut kernel, &input);
+            // The same state from nothing, with every chain written.
+            let mut want = BTreeMap::new();
+            kernel_after(&mut want, &rules.restore_input(&BTreeSet::new(), &[]));
+            assert_eq!(kernel, want, "state {i}: {input}");
+            declared = rules.chains.clone();
+            applied = Some(rules);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod volumes;
 
 use cluster::ClusterState;
 use kobune_apimachinery::ResourceInfo;
+use kobune_apiserver::binding::Binding;
 use kobune_apiserver::cache::{CacheEvent, EventType};
 use kobune_apiserver::registry::{now_rfc3339, PatchKind, WriteOptions};
 use kobune_apiserver::Registry;
@@ -37,7 +38,7 @@ pub use types::Resources;
 pub const PODS_PREFIX: &str = "/registry/core/pods/";
 pub const NODES_PREFIX: &str = "/registry/core/nodes/";
 /// Concurrent API writes (bindings, status, events).
-const WRITE_CONCURRENCY: usize = 32;
+const WRITE_CONCURRENCY: usize = 128;
 
 /// Why a pod fits no node: reason → number of nodes.
 #[derive(Debug, Clone, Default)]
@@ -405,80 +406,20 @@ impl Scheduler {
 
     async fn bind(self: Arc<Self>, pod: Arc<PodInfo>, node: String) {
         let _permit = self.writes.clone().acquire_owned().await;
-        let ns = Some(pod.namespace.as_str());
-        let mut rv = pod.resource_version.clone();
-        let mut result = Err(anyhow::anyhow!("not attempted"));
-        for _ in 0..3 {
-            let patch = json!({"spec": {"nodeName": node}, "metadata": {"resourceVersion": rv}});
-            match self
-                .registry
-                .patch(
-                    &self.pods,
-                    ns,
-                    &pod.name,
-                    PatchKind::Merge,
-                    &patch,
-                    &self.opts,
-                    None,
-                )
-                .await
-            {
-                Ok(r) => {
-                    result = Ok(r.object);
-                    break;
-                }
-                Err(e) if e.code == 409 => {
-                    // Stale copy: bind the latest if it is still the same, unbound pod.
-                    let cur = self.registry.cache.get(&pod.key);
-                    match cur {
-                        Some(c)
-                            if c.pointer("/metadata/uid").and_then(Value::as_str)
-                                == Some(pod.uid.as_str())
-                                && c.pointer("/spec/nodeName")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .is_empty()
-                                && c.pointer("/metadata/deletionTimestamp").is_none() =>
-                        {
-                            rv = kobune_apiserver::cache::rv_of(&c).to_string();
-                            result = Err(anyhow::anyhow!("{e}"));
-                        }
-                        _ => {
-                            result = Err(anyhow::anyhow!("{e}"));
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    result = Err(anyhow::anyhow!("{e}"));
-                    break;
-                }
-            }
-        }
-        if let Err(e) = result {
-            tracing::debug!(pod = %pod.key, %node, "binding failed: {e:#}");
-            self.cluster().forget(&pod.key);
-            self.queue.retry(&pod.key);
-            return;
-        }
-        let now = now_rfc3339();
-        let status = json!({"status": {"conditions": [{
-            "type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now
-        }]}});
+        // One write: nodeName and PodScheduled=True, as pods/binding does.
+        let binding = Binding {
+            node: node.clone(),
+            uid: Some(pod.uid.clone()),
+            ..Default::default()
+        };
         if let Err(e) = self
             .registry
-            .patch(
-                &self.pods,
-                ns,
-                &pod.name,
-                PatchKind::Strategic,
-                &status,
-                &self.opts,
-                Some("status"),
-            )
+            .bind_pod(&pod.namespace, &pod.name, &binding)
             .await
         {
-            tracing::debug!(pod = %pod.key, "setting PodScheduled failed: {e}");
+            tracing::debug!(pod = %pod.key, %node, "binding failed: {e}");
+            self.cluster().forget(&pod.key);
+            self.queue.retry(&pod.key);
         }
     }
 

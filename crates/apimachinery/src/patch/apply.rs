@@ -188,12 +188,33 @@ pub fn track_update(
         strip_managed(new);
         return;
     }
-    let mut old_obj = old.cloned().unwrap_or_else(|| json!({}));
-    strip_managed(&mut old_obj);
+    if old.is_none() && managers.is_empty() {
+        // A create: every field of the object is the writer's.
+        strip_managed(new);
+        let mut tree = Tree::default();
+        collect_tree(new, sch, &mut vec![], &mut tree);
+        let entry = Managed {
+            manager: manager.to_string(),
+            operation: operation.to_string(),
+            api_version: str_at(new, "apiVersion").unwrap_or_default().to_string(),
+            time: Some(now.to_string()),
+            subresource: subresource.map(String::from),
+            set: FieldSet::new(),
+        };
+        let fields = (!tree.children.is_empty()).then(|| tree.to_json());
+        encode_entries(
+            new,
+            fields.map(|f| vec![entry.encode(f)]).unwrap_or_default(),
+        );
+        return;
+    }
+    let empty = json!({});
+    // `compare` never looks at managedFields, so the old object needs no copy.
+    let old_obj = old.unwrap_or(&empty);
     strip_managed(new);
     let api_version = str_at(new, "apiVersion").unwrap_or_default().to_string();
 
-    let diff = compare(&old_obj, new, sch);
+    let diff = compare(old_obj, new, sch);
     let changed: FieldSet = diff.added.union(&diff.modified).cloned().collect();
     let me = managers
         .iter()
@@ -248,6 +269,23 @@ struct Managed {
 }
 
 impl Managed {
+    /// The managedFields entry, with `fields` as its fieldsV1.
+    fn encode(&self, fields: Value) -> Value {
+        let mut e = Map::new();
+        e.insert("manager".into(), json!(self.manager));
+        e.insert("operation".into(), json!(self.operation));
+        e.insert("apiVersion".into(), json!(self.api_version));
+        if let Some(t) = &self.time {
+            e.insert("time".into(), json!(t));
+        }
+        e.insert("fieldsType".into(), json!("FieldsV1"));
+        e.insert("fieldsV1".into(), fields);
+        if let Some(s) = &self.subresource {
+            e.insert("subresource".into(), json!(s));
+        }
+        Value::Object(e)
+    }
+
     /// Upstream's manager identity: name, operation and subresource, plus
     /// the API version for updates.
     fn is(
@@ -364,22 +402,13 @@ fn encode_managed(obj: &mut Value, mut managers: Vec<Managed>) {
     });
     let entries: Vec<Value> = managers
         .iter()
-        .map(|m| {
-            let mut e = Map::new();
-            e.insert("manager".into(), json!(m.manager));
-            e.insert("operation".into(), json!(m.operation));
-            e.insert("apiVersion".into(), json!(m.api_version));
-            if let Some(t) = &m.time {
-                e.insert("time".into(), json!(t));
-            }
-            e.insert("fieldsType".into(), json!("FieldsV1"));
-            e.insert("fieldsV1".into(), encode_fields(&m.set));
-            if let Some(s) = &m.subresource {
-                e.insert("subresource".into(), json!(s));
-            }
-            Value::Object(e)
-        })
+        .map(|m| m.encode(encode_fields(&m.set)))
         .collect();
+    encode_entries(obj, entries);
+}
+
+/// Puts `entries` in as the object's managedFields (none: removed).
+fn encode_entries(obj: &mut Value, entries: Vec<Value>) {
     if !obj.is_object() {
         return;
     }
@@ -529,6 +558,64 @@ fn collect<'v>(
     }
 }
 
+/// The owned-fields tree of a whole object: what [`collect`] (with maps)
+/// and [`encode_fields`] give for every member path, built in one walk.
+fn collect_tree(v: &Value, sch: Sch<'_>, path: &mut Path, node: &mut Tree) {
+    match v {
+        Value::Object(m) => {
+            if !path.is_empty() && (sch.map_type() == Some("atomic") || m.is_empty()) {
+                node.member = true;
+                return;
+            }
+            if !path.is_empty() && sch.is_map() {
+                node.member = true;
+            }
+            for (k, cv) in m {
+                if skipped(path, k) {
+                    continue;
+                }
+                let el = format!("f:{k}");
+                let mut child = node.children.remove(&el).unwrap_or_default();
+                path.push(el);
+                collect_tree(cv, sch.child(k), path, &mut child);
+                if sch.is_map_key(k) {
+                    child.member = true;
+                }
+                let el = path.pop().expect("pushed above");
+                if child.member || !child.children.is_empty() {
+                    node.children.insert(el, child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let kind = sch.list_kind();
+            if kind == ListKind::Atomic {
+                node.member = true;
+                return;
+            }
+            let item_sch = sch.items();
+            for item in items {
+                let el = item_element(item, &kind);
+                let mut child = node.children.remove(&el).unwrap_or_default();
+                child.member = true;
+                path.push(el);
+                if let (ListKind::Map(_), Value::Object(m)) = (&kind, item) {
+                    if !m.is_empty() {
+                        collect_tree(item, item_sch, path, &mut child);
+                    }
+                }
+                let el = path.pop().expect("pushed above");
+                node.children.insert(el, child);
+            }
+        }
+        _ => {
+            if !path.is_empty() {
+                node.member = true;
+            }
+        }
+    }
+}
+
 fn leaves<'v>(v: &'v Value, sch: Sch<'_>, maps: bool) -> BTreeMap<Path, Option<&'v Value>> {
     let mut out = BTreeMap::new();
     collect(v, sch, maps, &mut vec![], &mut out);
@@ -546,15 +633,90 @@ struct Diff {
     removed: FieldSet,
 }
 
+/// Never owned at all, so never collected: `apiVersion`, `kind` and the
+/// ignored metadata fields (including the large `managedFields`).
+fn skipped(path: &Path, key: &str) -> bool {
+    match path.len() {
+        0 => key == "apiVersion" || key == "kind",
+        1 if path[0] == "f:metadata" => ignored(&[path[0].clone(), format!("f:{key}")]),
+        _ => false,
+    }
+}
+
+/// As [`collect`] with `maps` of `old` into `a` and of `new` into `b`,
+/// except that members equal on both sides are left out of both: their
+/// leaves would be the same paths with the same values, so they can differ
+/// in nothing. Status and metadata writes leave most of an object as it was.
+fn collect_pair<'v>(
+    old: &'v Value,
+    new: &'v Value,
+    sch: Sch<'_>,
+    path: &mut Path,
+    a: &mut BTreeMap<Path, Option<&'v Value>>,
+    b: &mut BTreeMap<Path, Option<&'v Value>>,
+) {
+    let (Value::Object(om), Value::Object(nm)) = (old, new) else {
+        collect(old, sch, true, path, a);
+        collect(new, sch, true, path, b);
+        return;
+    };
+    if om.is_empty() || nm.is_empty() || (!path.is_empty() && sch.map_type() == Some("atomic")) {
+        collect(old, sch, true, path, a);
+        collect(new, sch, true, path, b);
+        return;
+    }
+    // The node's own entry (a map's `None`) is the same on both sides.
+    for (k, nv) in nm {
+        if skipped(path, k) {
+            continue;
+        }
+        let ov = om.get(k);
+        if ov == Some(nv) {
+            continue;
+        }
+        path.push(format!("f:{k}"));
+        let child = sch.child(k);
+        match ov {
+            Some(ov) => collect_pair(ov, nv, child, path, a, b),
+            None => collect(nv, child, true, path, b),
+        }
+        if sch.is_map_key(k) {
+            if ov.is_some() {
+                a.entry(path.clone()).or_insert(None);
+            }
+            b.entry(path.clone()).or_insert(None);
+        }
+        path.pop();
+    }
+    for (k, ov) in om {
+        if nm.contains_key(k) || skipped(path, k) {
+            continue;
+        }
+        path.push(format!("f:{k}"));
+        collect(ov, sch.child(k), true, path, a);
+        if sch.is_map_key(k) {
+            a.entry(path.clone()).or_insert(None);
+        }
+        path.pop();
+    }
+}
+
 fn compare(old: &Value, new: &Value, sch: Sch<'_>) -> Diff {
-    let a = leaves(old, sch, true);
-    let b = leaves(new, sch, true);
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    collect_pair(old, new, sch, &mut vec![], &mut a, &mut b);
+    a.retain(|p, _| !ignored(p));
+    b.retain(|p, _| !ignored(p));
+    diff_leaves(&a, &b)
+}
+
+/// What differs between two sets of leaves.
+fn diff_leaves(a: &BTreeMap<Path, Option<&Value>>, b: &BTreeMap<Path, Option<&Value>>) -> Diff {
     let mut d = Diff {
         added: FieldSet::new(),
         modified: FieldSet::new(),
         removed: FieldSet::new(),
     };
-    for (p, nv) in &b {
+    for (p, nv) in b {
         match a.get(p) {
             None => {
                 d.added.insert(p.clone());
@@ -800,5 +962,118 @@ fn remove_path(obj: &mut Value, sch: Sch<'_>, path: &[String]) {
             a.remove(*i);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+    use crate::schema::{definitions, SchemaNode};
+
+    /// The pruned comparison against the plain one (every leaf of both sides).
+    fn compare_full(old: &Value, new: &Value, sch: Sch<'_>) -> (FieldSet, FieldSet, FieldSet) {
+        let want = diff_leaves(&leaves(old, sch, true), &leaves(new, sch, true));
+        let d = compare(old, new, sch);
+        assert_eq!(d.added, want.added, "added");
+        assert_eq!(d.modified, want.modified, "modified");
+        assert_eq!(d.removed, want.removed, "removed");
+        (d.added, d.modified, d.removed)
+    }
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "uid": "u", "labels": {"a": "1"},
+                         "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1",
+                                            "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}}}}]},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}],
+                                     "env": [{"name": "A", "value": "1"}]}],
+                     "nodeSelector": {}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        })
+    }
+
+    #[test]
+    fn create_tree_equals_the_encoded_leaves() {
+        let objects = [
+            ("io.k8s.api.core.v1.Pod", pod()),
+            (
+                "io.k8s.api.core.v1.Pod",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "labels": {}, "annotations": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "i", "args": ["x"], "ports": [],
+                                         "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
+                                        {"name": "d", "image": "i"}],
+                         "volumes": [{"name": "v", "emptyDir": {}}],
+                         "securityContext": {}}}),
+            ),
+            (
+                "io.k8s.api.core.v1.Service",
+                json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "s"},
+                "spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 81, "protocol": "UDP"}],
+                         "selector": {"app": "a"}}}),
+            ),
+            (
+                "io.k8s.api.core.v1.ConfigMap",
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "finalizers": ["a", "b"]}, "data": {"k": "v"}}),
+            ),
+        ];
+        for (def, obj) in objects {
+            let sch = Sch::root(SchemaNode::definition(definitions(), def));
+            let mut tree = Tree::default();
+            collect_tree(&obj, sch, &mut vec![], &mut tree);
+            let want = encode_fields(&field_set_with_maps(&obj, sch));
+            assert_eq!(tree.to_json(), want, "{def}");
+        }
+    }
+
+    fn field_set_with_maps(v: &Value, sch: Sch<'_>) -> FieldSet {
+        leaves(v, sch, true).into_keys().collect()
+    }
+
+    #[test]
+    fn pruned_compare_equals_the_full_comparison() {
+        let sch = Sch::root(SchemaNode::definition(
+            definitions(),
+            "io.k8s.api.core.v1.Pod",
+        ));
+        let base = pod();
+        let mut cases = vec![];
+        let mut v = base.clone();
+        v["status"]["phase"] = json!("Running");
+        v["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "Ready", "status": "True"}));
+        v["status"]["podIP"] = json!("10.0.0.1");
+        cases.push(v);
+        let mut v = base.clone();
+        v["metadata"]["labels"] = json!({"b": "2"});
+        v["metadata"]["annotations"] = json!({"x": "y"});
+        v["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+        cases.push(v);
+        let mut v = base.clone();
+        v["spec"]["containers"][0]["env"][0]["value"] = json!("2");
+        v["spec"]["containers"][0]["image"] = json!("j");
+        v["metadata"]["managedFields"] = json!([]);
+        v.as_object_mut().unwrap().remove("status");
+        cases.push(v);
+        let mut v = base.clone();
+        v["metadata"]["labels"] = json!({});
+        v["spec"]["tolerations"] = json!([]);
+        cases.push(v);
+        for new in &cases {
+            compare_full(&base, new, sch);
+            compare_full(new, &base, sch);
+            compare_full(&json!({}), new, sch);
+        }
+        let (added, modified, removed) = compare_full(&base, &cases[0], sch);
+        let p = |s: &[&str]| s.iter().map(|e| e.to_string()).collect::<Path>();
+        assert!(added.contains(&p(&["f:status", "f:podIP"])));
+        assert!(modified.contains(&p(&["f:status", "f:phase"])));
+        assert!(removed.is_empty());
+        assert!(!added.iter().chain(&modified).any(|p| p[0] == "f:spec"));
     }
 }

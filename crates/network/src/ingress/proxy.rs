@@ -22,7 +22,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn client() -> Client {
     let mut conn = HttpConnector::new();
@@ -36,10 +36,10 @@ pub fn client() -> Client {
 
 /// What a connection knows about itself.
 #[derive(Clone, Copy)]
-struct Conn {
-    remote: SocketAddr,
-    https: bool,
-    port: u16,
+pub(super) struct Conn {
+    pub(super) remote: SocketAddr,
+    pub(super) https: bool,
+    pub(super) port: u16,
 }
 
 /// Accepts connections until the process ends.
@@ -79,12 +79,29 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, http
                     if let Ok(Ok(tls)) =
                         tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await
                     {
-                        serve_conn(ctl, TokioIo::new(tls), conn).await;
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            serve_conn(ctl, TokioIo::new(tls), conn).await;
+                        } else {
+                            serve_h1(ctl, tls, conn).await;
+                        }
                     }
                 }
-                None => serve_conn(ctl, TokioIo::new(tcp), conn).await,
+                None => serve_h1(ctl, tcp, conn).await,
             }
         });
+    }
+}
+
+/// The HTTP/1.1 fast path first; hyper for whatever it declines.
+async fn serve_h1<S>(ctl: Arc<Controller>, mut io: S, conn: Conn)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match super::h1::serve(&ctl, &mut io, conn).await {
+        super::h1::Outcome::Done => {}
+        super::h1::Outcome::Fallback(pre) => {
+            serve_conn(ctl, TokioIo::new(super::h1::Rewind::new(pre, io)), conn).await
+        }
     }
 }
 

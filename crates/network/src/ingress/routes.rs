@@ -325,25 +325,30 @@ impl RouteTable {
 
     /// Routes a request; `host` without port.
     pub fn lookup(&self, host: &str, path: &str) -> Option<Matched> {
-        let host = host.to_ascii_lowercase();
+        self.find(&host.to_ascii_lowercase(), path)
+            .map(|(b, i)| Matched {
+                backend: b.clone(),
+                ingress: i.clone(),
+            })
+    }
+
+    /// Routes a request without copying anything; `host` lowercase,
+    /// without port.
+    pub fn find(&self, host: &str, path: &str) -> Option<(&Backend, &Arc<IngressInfo>)> {
         let group = self
             .exact
-            .get(&host)
+            .get(host)
             .or_else(|| {
                 host.split_once('.')
                     .and_then(|(label, rest)| (!label.is_empty()).then_some(rest))
                     .and_then(|rest| self.wildcard.get(rest))
             })
             .or(self.any.as_ref());
-        let found = match group {
+        match group {
             Some(g) => g.lookup(path),
             None => None,
         }
-        .or_else(|| self.default.as_ref().map(|(b, i)| (b, i)));
-        found.map(|(b, i)| Matched {
-            backend: b.clone(),
-            ingress: i.clone(),
-        })
+        .or_else(|| self.default.as_ref().map(|(b, i)| (b, i)))
     }
 
     /// Every backend with the Ingress it appears in (for status and events).

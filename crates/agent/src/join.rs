@@ -1,0 +1,570 @@
+//! `kobune agent` without `--simulate`: this machine joins a remote API
+//! server as a real node. Its own containerd runs under the agent's data
+//! directory with a bridge of its own (`kobune<N>` for pod CIDR
+//! `10.42.N.0/24`, N the lowest index no Node uses), so an agent and a
+//! server can share one machine. The node runs through
+//! [`crate::node::start_node_with`] on [`RemoteApi`].
+//!
+//! Pod traffic between nodes: on one machine the host's connected routes
+//! to each bridge carry it; across machines every other Node's pod CIDR is
+//! routed via its InternalIP (host-gw style, [`sync_routes`]).
+//!
+//! A killed agent (`kill -9`) must not leave containerd, pods, network
+//! namespaces or its bridge behind: a watchdog process started first
+//! ([`spawn_watchdog`]) holds a pipe from the agent; when the pipe closes
+//! without the agent saying it cleaned up, the watchdog runs [`cleanup`].
+
+use crate::client::ApiClient;
+use crate::node::{start_node_with, NodeConfig, NodeHandle, NodeNetwork};
+use crate::remote::RemoteApi;
+use crate::{assign_indices, node_index, NodeApi, SIMULATED_LABEL};
+use anyhow::Context;
+use kobune_cri::{CniConfig, Containerd};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often other Nodes' pod CIDRs are checked for routes.
+const ROUTE_SYNC: Duration = Duration::from_secs(10);
+/// What the agent writes to the watchdog after cleaning up itself.
+const DONE: &[u8] = b"done\n";
+
+/// How this machine joins.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    pub name: String,
+    /// Agent state: `containerd/`, `logs/`, `pods/`, `routes.json`.
+    pub data_dir: PathBuf,
+    /// The Node's InternalIP.
+    pub node_ip: String,
+    /// The port the kubelet API is served on (and advertised).
+    pub kubelet_port: u16,
+    /// The cluster token the API server presents to the kubelet API.
+    pub token: String,
+    pub dns: crate::dns::PodDnsSettings,
+}
+
+/// A joined node; [`JoinedNode::shutdown`] stops it cleanly.
+pub struct JoinedNode {
+    pub node: NodeHandle,
+    pub pod_cidr: String,
+    pub bridge: String,
+    routes: tokio::task::JoinHandle<()>,
+    kubelet_server: tokio::task::JoinHandle<()>,
+    data_dir: PathBuf,
+    watchdog: Option<Watchdog>,
+    /// `data_dir/agent.lock`, locked while this agent runs.
+    _lock: std::fs::File,
+}
+
+/// Takes `data_dir/agent.lock` so two agents never share a data directory
+/// (the second would clean up the first's containerd).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        r == 0,
+        "another kobune agent uses {} (pass a different --data-dir)",
+        data_dir.display()
+    );
+    Ok(f)
+}
+
+/// The bridge of pod CIDR index `i` (at most 15 characters).
+pub fn bridge_name(i: usize) -> String {
+    format!("kobune{i}")
+}
+
+/// Starts the watchdog (see the module docs), then containerd and the
+/// node; returns once the Node is registered and pods are followed.
+/// `watchdog` is the command line that runs [`watch_and_cleanup`] (the
+/// binary's hidden mode), or `None` to run without one.
+pub async fn join(
+    client: Arc<ApiClient>,
+    cfg: JoinConfig,
+    watchdog: Option<Command>,
+) -> anyhow::Result<JoinedNode> {
+    let api = Arc::new(RemoteApi::new(client));
+    api.check_access().await?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let lock = lock_data_dir(&cfg.data_dir)?;
+    // What an earlier agent left behind (one that was killed, with its
+    // watchdog) goes first.
+    cleanup(&cfg.data_dir).await;
+    let watchdog = match watchdog {
+        Some(cmd) => Some(spawn_watchdog(cmd)?),
+        None => None,
+    };
+    // The kubelet API's port first: taken is a clear error before
+    // anything starts.
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.kubelet_port))
+        .await
+        .with_context(|| format!("listening on kubelet port {}", cfg.kubelet_port))?;
+    let nodes = api.list_nodes().await?;
+    let index = assign_indices(std::slice::from_ref(&cfg.name), &nodes)[0];
+    let (_, _, pod_cidr) = node_index(index);
+    let bridge = bridge_name(index);
+    let net = NodeNetwork {
+        host_ip: cfg.node_ip.clone(),
+        kubelet_port: cfg.kubelet_port,
+        bridge: bridge.clone(),
+    };
+    let node_cfg = NodeConfig {
+        name: cfg.name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        pod_cidr: pod_cidr.clone(),
+        cri_socket: None,
+        dns: cfg.dns.clone(),
+    };
+    // Forwarding between the pod bridge and the other nodes.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        tracing::warn!("enabling IPv4 forwarding: {e}");
+    }
+    // persistentVolumeClaim volumes: the bound volume's path on this machine.
+    crate::volumes::set_claim_resolver(crate::api::claim_resolver(api.clone()));
+    let node = start_node_with(api.clone(), node_cfg, net)
+        .await
+        .with_context(|| format!("starting node {}", cfg.name))?;
+    let kubelet_server =
+        crate::kubelet_server::serve(listener, cfg.token.clone(), node.kubelet.clone())
+            .await
+            .context("serving the kubelet API")?;
+    let routes = {
+        let (api, name, ip, dir) = (
+            api.clone(),
+            cfg.name.clone(),
+            cfg.node_ip.clone(),
+            cfg.data_dir.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ROUTE_SYNC);
+            loop {
+                tick.tick().await;
+                match api.list_nodes().await {
+                    Ok(nodes) => sync_routes(&dir, &name, &ip, &nodes),
+                    Err(e) => tracing::debug!("listing nodes for routes: {e:#}"),
+                }
+            }
+        })
+    };
+    Ok(JoinedNode {
+        node,
+        pod_cidr,
+        bridge,
+        routes,
+        kubelet_server,
+        data_dir: cfg.data_dir,
+        watchdog,
+        _lock: lock,
+    })
+}
+
+impl JoinedNode {
+    /// Stops every pod, containerd and the routes, removes the bridge and
+    /// tells the watchdog that nothing is left to do.
+    pub async fn shutdown(self) {
+        self.routes.abort();
+        self.kubelet_server.abort();
+        let JoinedNode {
+            node,
+            data_dir,
+            mut watchdog,
+            bridge,
+            ..
+        } = self;
+        if tokio::time::timeout(Duration::from_secs(30), node.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("node agent did not stop its pods within 30s");
+        }
+        // Dropping the handle stopped containerd; what it mounted goes too.
+        kobune_cri::containerd::unmount_under(&data_dir.join("containerd"));
+        remove_routes(&data_dir);
+        delete_link(&bridge);
+        if let Some(w) = watchdog.as_mut() {
+            w.done();
+        }
+    }
+}
+
+/// The watchdog child: its stdin is a pipe only the agent holds.
+struct Watchdog {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Watchdog {
+    fn done(&mut self) {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.write_all(DONE);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_watchdog(mut cmd: Command) -> anyhow::Result<Watchdog> {
+    use std::os::unix::process::CommandExt;
+    // Its own process group: a Ctrl-C meant for the agent (which then
+    // cleans up itself) does not end it.
+    cmd.stdin(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().context("starting the agent's watchdog")?;
+    let stdin = child.stdin.take();
+    Ok(Watchdog { child, stdin })
+}
+
+/// The watchdog's side: waits until stdin closes; unless the agent wrote
+/// that it cleaned up, removes what it left under `data_dir`.
+pub async fn watch_and_cleanup(data_dir: &Path) -> anyhow::Result<()> {
+    let input = tokio::task::spawn_blocking(|| {
+        let mut buf = vec![];
+        let _ = std::io::stdin().lock().read_to_end(&mut buf);
+        buf
+    })
+    .await?;
+    if input.ends_with(DONE) {
+        return Ok(());
+    }
+    tracing::warn!(dir = %data_dir.display(), "kobune agent ended without cleaning up; removing its pods, containerd and bridge");
+    cleanup(data_dir).await;
+    Ok(())
+}
+
+/// Pids of processes whose arguments are exactly `argv`, or (with
+/// `any_arg`) that have `any_arg` among their arguments.
+fn find_processes(argv: &[&str], any_arg: Option<&str>) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let me = std::process::id() as i32;
+    let mut pids = vec![];
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&str> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .filter_map(|a| std::str::from_utf8(a).ok())
+            .collect();
+        let hit = match any_arg {
+            Some(a) => args.contains(&a),
+            None => args == argv,
+        };
+        if hit {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; waits until they are gone.
+fn terminate(pids: &[i32], grace: Duration) {
+    for &p in pids {
+        // SAFETY: plain kill(2) on processes found by their command line.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in pids.iter().filter(|&&p| alive(p)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CNI settings an earlier run wrote under `dir` (its containerd dir).
+fn saved_cni(dir: &Path) -> Option<CniConfig> {
+    let text = std::fs::read_to_string(dir.join("cni/10-kobune.conflist")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let plugin = &v["plugins"][0];
+    Some(CniConfig {
+        bridge: plugin["bridge"].as_str()?.to_string(),
+        pod_cidr: plugin
+            .pointer("/ipam/ranges/0/0/subnet")
+            .and_then(Value::as_str)?
+            .to_string(),
+    })
+}
+
+/// Removes what an agent with data directory `data_dir` left running: its
+/// pod sandboxes (containers, network namespaces, IPs) through its
+/// containerd (the one still running, or started again for this), that
+/// containerd and its shims, mounts under it, its routes and its bridge.
+/// Quick when nothing is left.
+pub async fn cleanup(data_dir: &Path) {
+    let dir = match std::path::absolute(data_dir.join("containerd")) {
+        Ok(d) => d,
+        Err(_) => return,
+    };
+    let Some(cni) = saved_cni(&dir) else {
+        return;
+    };
+    let config = dir.join("config.toml");
+    let socket = dir.join("containerd.sock");
+    let (config_s, socket_s) = (config.display().to_string(), socket.display().to_string());
+    let daemons = find_processes(&["containerd", "--config", &config_s], None);
+    let shims = find_processes(&[], Some(&socket_s));
+    if !daemons.is_empty() || !shims.is_empty() {
+        tracing::info!(
+            containerd = daemons.len(),
+            shims = shims.len(),
+            "cleaning up a previous agent's containerd"
+        );
+        // Sandboxes are removed through CRI so CNI releases their network.
+        let mut started = None;
+        let cri = if !daemons.is_empty() {
+            Containerd::connect_existing(&socket)
+                .await
+                .ok()
+                .map(|c| c.cri())
+        } else {
+            match Containerd::start(&dir, cni.clone()).await {
+                Ok(c) => {
+                    let cri = c.cri();
+                    started = Some(c);
+                    Some(cri)
+                }
+                Err(e) => {
+                    tracing::warn!("starting containerd for cleanup: {e:#}");
+                    None
+                }
+            }
+        };
+        if let Some(cri) = cri {
+            match kobune_cri::pod::remove_all_sandboxes(&cri).await {
+                Ok(n) => tracing::info!(count = n, "removed pod sandboxes"),
+                Err(e) => tracing::warn!("removing pod sandboxes: {e:#}"),
+            }
+        }
+        drop(started);
+        terminate(&daemons, Duration::from_secs(5));
+        // Shims whose containers could not be removed.
+        let shims = find_processes(&[], Some(&socket_s));
+        terminate(&shims, Duration::from_secs(2));
+    }
+    kobune_cri::containerd::unmount_under(&dir);
+    remove_routes(data_dir);
+    delete_link(&cni.bridge);
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    match Command::new("ip").args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Deletes bridge `name` unless other interfaces (pods that are not ours,
+/// e.g. a server's on the same bridge) are still attached to it.
+fn delete_link(name: &str) {
+    let dir = Path::new("/sys/class/net").join(name);
+    if !dir.exists() {
+        return;
+    }
+    let ports = std::fs::read_dir(dir.join("brif"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if ports > 0 {
+        tracing::warn!(bridge = name, ports, "bridge still in use; left in place");
+        return;
+    }
+    if let Err(e) = ip(&["link", "del", name]) {
+        tracing::warn!("deleting bridge {name}: {e}");
+    }
+}
+
+/// Routes this agent added: pod CIDR -> gateway.
+fn routes_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("routes.json")
+}
+
+fn load_routes(data_dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read(routes_file(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+static ROUTES_LOCK: Mutex<()> = Mutex::new(());
+
+fn remove_routes(data_dir: &Path) {
+    let _g = ROUTES_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for (cidr, via) in load_routes(data_dir) {
+        let _ = ip(&["route", "del", &cidr, "via", &via]);
+    }
+    let _ = std::fs::remove_file(routes_file(data_dir));
+}
+
+/// The routes this node needs: every other real Node's pod CIDR via that
+/// Node's InternalIP, unless the address is ours or a loopback one (nodes
+/// on this machine: the bridges' connected routes do).
+pub fn wanted_routes(me: &str, my_ip: &str, nodes: &[Value]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        if n["metadata"]["name"] == me
+            || n.pointer(&format!(
+                "/metadata/labels/{}",
+                SIMULATED_LABEL.replace('/', "~1")
+            ))
+            .is_some()
+        {
+            continue;
+        }
+        let Some(cidr) = n.pointer("/spec/podCIDR").and_then(Value::as_str) else {
+            continue;
+        };
+        let ip = n
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str());
+        let Some(ip) = ip else { continue };
+        let loopback = ip
+            .parse::<std::net::IpAddr>()
+            .map(|a| a.is_loopback())
+            .unwrap_or(true);
+        if ip == my_ip || loopback {
+            continue;
+        }
+        out.insert(cidr.to_string(), ip.to_string());
+    }
+    out
+}
+
+/// Brings the host's routes to other nodes' pod CIDRs in line with
+/// `nodes`, remembering them in `routes.json` for the cleanup.
+fn sync_routes(data_dir: &Path, me: &str, my_ip: &str, nodes: &[Value]) {
+    let _g = ROUTES_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let want = wanted_routes(me, my_ip, nodes);
+    let mut have = load_routes(data_dir);
+    for (cidr, via) in have.clone() {
+        if want.get(&cidr) != Some(&via) {
+            let _ = ip(&["route", "del", &cidr, "via", &via]);
+            have.remove(&cidr);
+        }
+    }
+    for (cidr, via) in &want {
+        match ip(&["route", "replace", cidr, "via", via]) {
+            Ok(()) => {
+                if have.insert(cidr.clone(), via.clone()).is_none() {
+                    tracing::info!(%cidr, %via, "route to another node's pods");
+                }
+            }
+            Err(e) => tracing::warn!(%cidr, %via, "ip route replace: {e}"),
+        }
+    }
+    if let Ok(b) = serde_json::to_vec(&have) {
+        let _ = std::fs::write(routes_file(data_dir), b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cidr: &str, ip: &str, simulated: bool) -> Value {
+        let mut n = json!({
+            "metadata": {"name": name, "labels": {}},
+            "spec": {"podCIDR": cidr},
+            "status": {"addresses": [{"type": "Hostname", "address": name},
+                                     {"type": "InternalIP", "address": ip}]}
+        });
+        if simulated {
+            n["metadata"]["labels"][SIMULATED_LABEL] = json!("true");
+        }
+        n
+    }
+
+    #[test]
+    fn routes_go_to_other_real_nodes_only() {
+        let nodes = vec![
+            node("me", "10.42.1.0/24", "192.168.5.2", false),
+            node("server", "10.42.0.0/24", "192.168.5.1", false),
+            node("same-host", "10.42.2.0/24", "192.168.5.2", false),
+            node("local", "10.42.3.0/24", "127.0.0.1", false),
+            node("sim-0", "10.42.4.0/24", "10.0.0.1", true),
+            json!({"metadata": {"name": "no-cidr"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.5.9"}]}}),
+        ];
+        let r = wanted_routes("me", "192.168.5.2", &nodes);
+        assert_eq!(
+            r.into_iter().collect::<Vec<_>>(),
+            vec![("10.42.0.0/24".to_string(), "192.168.5.1".to_string())]
+        );
+    }
+
+    #[test]
+    fn bridges_and_saved_cni() {
+        assert_eq!(bridge_name(1), "kobune1");
+        assert!(bridge_name(65535).len() <= 15);
+        let dir = std::env::temp_dir().join(format!("kobune-join-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("cni")).unwrap();
+        let cni = CniConfig {
+            pod_cidr: "10.42.7.0/24".into(),
+            bridge: "kobune7".into(),
+        };
+        let list = kobune_cri::containerd::cni_conflist(&dir, &cni);
+        std::fs::write(
+            dir.join("cni/10-kobune.conflist"),
+            serde_json::to_vec(&list).unwrap(),
+        )
+        .unwrap();
+        let got = saved_cni(&dir).unwrap();
+        assert_eq!(
+            (got.bridge.as_str(), got.pod_cidr.as_str()),
+            ("kobune7", "10.42.7.0/24")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_processes_by_arguments() {
+        let mut child = Command::new("sleep").arg("30.5").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(find_processes(&["sleep", "30.5"], None).contains(&pid));
+        assert!(find_processes(&[], Some("30.5")).contains(&pid));
+        assert!(!find_processes(&["sleep", "30.6"], None).contains(&pid));
+        terminate(&[pid], Duration::from_secs(1));
+        let _ = child.wait();
+        assert!(!find_processes(&["sleep", "30.5"], None).contains(&pid));
+    }
+}
