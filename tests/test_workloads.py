@@ -286,3 +286,32 @@ def test_history_limit_and_progress_deadline(cluster):
     assert "has timed out progressing" in cond["message"]
     # maxUnavailable 25% of 2 rounds down to 0: the old pods stay available.
     assert sum(ready(p) for p in pods(cluster, ns)) >= 2
+
+
+def test_progress_deadline_names_the_pods_holding_the_rollout(cluster):
+    """A Deployment that cannot become available says which pods are stuck
+    and why: `rollout status` fails on the progress deadline and `describe`
+    shows a ProgressDeadlineExceeded event naming each pod and its reason."""
+    ns = new_ns(cluster, None)
+    d = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stuck"},
+         "spec": {"replicas": 2, "progressDeadlineSeconds": 2,
+                  "selector": {"matchLabels": {"app": "stuck"}},
+                  "template": {"metadata": {"labels": {"app": "stuck"}},
+                               "spec": {"nodeSelector": {"disk": "nowhere"},
+                                        "containers": [{"name": "c", "image": "example.com/c:1"}]}}}}
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(d))
+    r = cluster.kubectl("rollout", "status", "deployment/stuck", "-n", ns, "--timeout=40s", check=False)
+    assert r.returncode != 0 and 'deployment "stuck" exceeded its progress deadline' in r.stderr, r.stderr
+    names = sorted(p["metadata"]["name"] for p in pods(cluster, ns, "app=stuck"))
+    assert len(names) == 2
+
+    def described():
+        out = cluster.kubectl("describe", "deployment", "stuck", "-n", ns).stdout
+        return out if "ProgressDeadlineExceeded" in out and "are not ready" in out else None
+    out = " ".join(wait_for(described, timeout=20).split())
+    assert "2 of 2 pods are not ready:" in out
+    for n in names:
+        assert f"{n}: Unschedulable (0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.)" in out
+    cond = [c for c in cluster.json("get", "deployment", "stuck", "-n", ns)["status"]["conditions"]
+            if c["type"] == "Progressing"][0]
+    assert cond["reason"] == "ProgressDeadlineExceeded" and "2 of 2 pods are not ready" in cond["message"]

@@ -560,6 +560,13 @@ mod tests {
     fn finds_processes_by_arguments() {
         let mut child = Command::new("sleep").arg("30.5").spawn().unwrap();
         let pid = child.id() as i32;
+        // Until the child has exec'd, its cmdline is still ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !find_processes(&["sleep", "30.5"], None).contains(&pid)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(find_processes(&["sleep", "30.5"], None).contains(&pid));
         assert!(find_processes(&[], Some("30.5")).contains(&pid));
         assert!(!find_processes(&["sleep", "30.6"], None).contains(&pid));

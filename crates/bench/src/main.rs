@@ -176,6 +176,59 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
     Ok(Proc { child })
 }
 
+/// Starts `kobune server` with its data in `data`, serving on
+/// 127.0.0.1:`port`, with `extra` flags; waits until it logs that it is
+/// ready (fails if it exits first or `timeout` passes).
+async fn start_server(
+    kobune: &Path,
+    data: &Path,
+    port: u16,
+    extra: &[String],
+    log: &Path,
+    timeout: Duration,
+) -> Result<Proc> {
+    let mut cmd = Command::new(kobune);
+    if std::env::var_os("KOBUNE_LOG").is_none() {
+        // The scheduler logs its average cycle time every 1,000 cycles.
+        cmd.env("KOBUNE_LOG", "info,kobune_scheduler=debug");
+    }
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--bind-address", "127.0.0.1"])
+        .args(["--https-listen-port", &port.to_string()])
+        .args(extra);
+    let mut proc = spawn_logged(cmd, log)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("kobune server ready") {
+            return Ok(proc);
+        }
+        if let Some(st) = proc.child.try_wait()? {
+            bail!("kobune exited ({st}); see {}", log.display());
+        }
+        if Instant::now() > deadline {
+            bail!("kobune did not become ready; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM, so a node agent and the service proxy clean up; SIGKILL after 30 s.
+async fn stop_server(mut p: Proc) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn start_etcd(args: &Args, dir: &Path) -> Result<(Proc, String)> {
     std::fs::create_dir_all(dir)?;
     let (cp, pp) = (free_port()?, free_port()?);
@@ -213,32 +266,20 @@ async fn start_etcd(args: &Args, dir: &Path) -> Result<(Proc, String)> {
 async fn start_kobune(args: &Args, dir: &Path, endpoint: Option<&str>) -> Result<(Proc, Target)> {
     let port = free_port()?;
     let data = dir.join("kobune");
-    let mut cmd = Command::new(&args.kobune);
-    cmd.arg("server")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--bind-address", "127.0.0.1"])
-        .args(["--https-listen-port", &port.to_string()])
-        .arg("--disable-agent");
+    let mut extra = vec!["--disable-agent".to_string()];
     if let Some(ep) = endpoint {
-        cmd.args(["--datastore-endpoint", ep]);
+        extra.extend(["--datastore-endpoint".to_string(), ep.to_string()]);
     }
     let log = dir.join("kobune.log");
-    let mut proc = spawn_logged(cmd, &log)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("kobune server ready") {
-            break;
-        }
-        if let Some(st) = proc.child.try_wait()? {
-            bail!("kobune exited ({st}); see {}", log.display());
-        }
-        if Instant::now() > deadline {
-            bail!("kobune did not become ready; see {}", log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let proc = start_server(
+        &args.kobune,
+        &data,
+        port,
+        &extra,
+        &log,
+        Duration::from_secs(60),
+    )
+    .await?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     Ok((proc, Target::from_data_dir(&data, addr)?))
 }

@@ -8,7 +8,7 @@
 //! it traffic, over repeated scale-ups from zero.
 
 use crate::client::{Conn, Target};
-use crate::{free_port, report, rss_kib, spawn_logged, Proc, Stats};
+use crate::{free_port, report, rss_kib, start_server, stop_server, Proc, Stats};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,31 +179,20 @@ impl Server {
         std::fs::create_dir_all(dir)?;
         let (port, http, https) = (free_port()?, free_port()?, free_port()?);
         let data = dir.join("kobune");
-        let mut cmd = Command::new(kobune);
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--bind-address", "127.0.0.1"])
-            .args(["--https-listen-port", &port.to_string()])
-            .args(["--node-name", node])
-            .args(["--ingress-http-port", &http.to_string()])
-            .args(["--ingress-https-port", &https.to_string()]);
+        let extra: Vec<String> = [
+            "--node-name",
+            node,
+            "--ingress-http-port",
+            &http.to_string(),
+            "--ingress-https-port",
+            &https.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let log = dir.join("kobune.log");
-        let mut proc = spawn_logged(cmd, &log)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("kobune server ready") {
-                break;
-            }
-            if let Some(st) = proc.child.try_wait()? {
-                bail!("kobune exited ({st}); see {}", log.display());
-            }
-            if Instant::now() > deadline {
-                bail!("kobune did not become ready; see {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let proc =
+            start_server(kobune, &data, port, &extra, &log, Duration::from_secs(120)).await?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let pid = proc.child.id();
         Ok(Server {
@@ -215,22 +203,10 @@ impl Server {
         })
     }
 
-    /// SIGTERM, so the agent and the proxy clean up; SIGKILL after 30 s.
     async fn stop(mut self) {
-        let Some(mut p) = self.proc.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = self.proc.take() {
+            stop_server(p).await;
         }
-        drop(p);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::client::{Conn, Target};
 use crate::report;
-use crate::{free_port, rss_kib, share, spawn_logged, Proc, Stats};
+use crate::{free_port, rss_kib, share, start_server, stop_server, Proc, Stats};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, Notify};
@@ -97,33 +96,8 @@ impl Server {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let data = dir.join("kobune");
-        let mut cmd = Command::new(kobune);
-        if std::env::var_os("KOBUNE_LOG").is_none() {
-            // The scheduler logs its average cycle time every 1,000 cycles.
-            cmd.env("KOBUNE_LOG", "info,kobune_scheduler=debug");
-        }
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--bind-address", "127.0.0.1"])
-            .args(["--https-listen-port", &port.to_string()])
-            .args(extra);
         let log = dir.join("kobune.log");
-        let mut proc = spawn_logged(cmd, &log)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("kobune server ready") {
-                break;
-            }
-            if let Some(st) = proc.child.try_wait()? {
-                bail!("kobune exited ({st}); see {}", log.display());
-            }
-            if Instant::now() > deadline {
-                bail!("kobune did not become ready; see {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let proc = start_server(kobune, &data, port, extra, &log, Duration::from_secs(300)).await?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let pid = proc.child.id();
         Ok(Server {
@@ -133,22 +107,10 @@ impl Server {
         })
     }
 
-    /// SIGTERM, so a node agent can stop what it started; SIGKILL after 30 s.
     async fn stop(mut self) {
-        let Some(mut p) = self.proc.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = self.proc.take() {
+            stop_server(p).await;
         }
-        drop(p);
     }
 
     fn rss_mib(&self) -> f64 {

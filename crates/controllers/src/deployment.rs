@@ -430,6 +430,83 @@ pub fn rollout_status(
     (st, requeue)
 }
 
+/// Why a pod is not Ready, as `kubectl get pods` and `describe` would show it.
+fn pod_not_ready_reason(pod: &Value) -> Option<String> {
+    let conds = pod.pointer("/status/conditions").and_then(Value::as_array);
+    let cond = |t: &str| conds.into_iter().flatten().find(|c| c["type"] == t);
+    if cond("Ready").is_some_and(|c| c["status"] == "True") || deleting(pod) {
+        return None;
+    }
+    if let Some(c) = cond("PodScheduled").filter(|c| c["status"] == "False") {
+        let reason = c["reason"].as_str().unwrap_or("Pending");
+        return Some(match c["message"].as_str() {
+            Some(m) if !m.is_empty() => format!("{reason} ({m})"),
+            _ => reason.to_string(),
+        });
+    }
+    let statuses = ["initContainerStatuses", "containerStatuses"];
+    for cs in statuses
+        .iter()
+        .filter_map(|k| {
+            pod.pointer(&format!("/status/{k}"))
+                .and_then(Value::as_array)
+        })
+        .flatten()
+    {
+        let name = cs["name"].as_str().unwrap_or_default();
+        for state in ["waiting", "terminated"] {
+            let Some(st) = cs["state"].get(state) else {
+                continue;
+            };
+            let reason = st["reason"].as_str().unwrap_or_default();
+            if reason.is_empty() || reason == "Completed" {
+                continue;
+            }
+            let last = cs
+                .pointer("/lastState/terminated/reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(", last exit: {r}"))
+                .unwrap_or_default();
+            return Some(match st["message"].as_str() {
+                Some(m) if !m.is_empty() => format!("container {name}: {reason}{last} ({m})"),
+                _ => format!("container {name}: {reason}{last}"),
+            });
+        }
+        if cs["ready"] == false && cs["state"].get("running").is_some() {
+            return Some(format!(
+                "container {name}: running but not ready (readiness probe)"
+            ));
+        }
+    }
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    Some(phase.unwrap_or("Pending").to_string())
+}
+
+/// Which pods are not Ready and why: e.g. `2 of 3 pods are not ready:
+/// web-1: container web: ImagePullBackOff (...)`. At most five are named.
+pub fn not_ready_summary(pods: &[Arc<Value>]) -> Option<String> {
+    let mut sorted: Vec<&Arc<Value>> = pods.iter().collect();
+    sorted.sort_by_key(|p| name(p).to_string());
+    let bad: Vec<String> = sorted
+        .iter()
+        .filter_map(|p| pod_not_ready_reason(p).map(|r| format!("{}: {r}", name(p))))
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    let more = if bad.len() > 5 {
+        format!("; and {} more", bad.len() - 5)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} of {} pods are not ready: {}{more}",
+        bad.len(),
+        pods.len(),
+        bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    ))
+}
+
 /// A merge patch turning `old` into `new` at the top level of a status.
 fn status_patch(old: Option<&Value>, new: &Value) -> Value {
     let mut p = new.clone();
@@ -1022,7 +1099,46 @@ impl Controller {
         s: &mut Snapshot,
         new_idx: Option<usize>,
     ) -> anyhow::Result<Requeue> {
-        let (st, requeue) = rollout_status(&s.d, &s.rss, new_idx.map(|i| &s.rss[i]), now_secs());
+        let (mut st, requeue) =
+            rollout_status(&s.d, &s.rss, new_idx.map(|i| &s.rss[i]), now_secs());
+        let timed_out = |st: &Value| {
+            conditions(&json!({ "status": st }))
+                .iter()
+                .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded")
+        };
+        let newly_timed_out = timed_out(&st) && !timed_out(s.d.get("status").unwrap_or(&json!({})));
+        if newly_timed_out {
+            // Say which pods hold the rollout up, and why.
+            let pods: Vec<Arc<Value>> = new_idx
+                .map(|i| self.pods.by_index(BY_CONTROLLER, uid(&s.rss[i])))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            if let Some(why) = not_ready_summary(&pods) {
+                if let Some(conds) = st["conditions"].as_array_mut() {
+                    for c in conds.iter_mut().filter(|c| c["type"] == "Progressing") {
+                        let m = format!("{} {why}", c["message"].as_str().unwrap_or_default());
+                        c["message"] = json!(m);
+                    }
+                }
+                let message = format!(
+                    "Deployment \"{}\" exceeded its progress deadline: {why}",
+                    name(&s.d)
+                );
+                record_event(
+                    &self.reg,
+                    &self.opts,
+                    "deployment-controller",
+                    &s.d,
+                    ("apps/v1", "Deployment"),
+                    "Warning",
+                    "ProgressDeadlineExceeded",
+                    &message,
+                )
+                .await;
+            }
+        }
         self.write_status(s, st).await?;
         Ok(requeue)
     }
@@ -1181,6 +1297,51 @@ fn conditions_refs(o: &Value) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_ready_summary_names_pods_and_reasons() {
+        let pod =
+            |n: &str, status: Value| Arc::new(json!({"metadata": {"name": n}, "status": status}));
+        let pods = vec![
+            pod(
+                "web-b",
+                json!({"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 3 Insufficient cpu."}]}),
+            ),
+            pod(
+                "web-a",
+                json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "web", "ready": false, "state": {"waiting": {
+                    "reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\""}}}]}),
+            ),
+            pod(
+                "web-c",
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+            ),
+            pod(
+                "web-d",
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "web", "ready": false, "state": {"waiting": {
+                    "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"reason": "Error"}}}]}),
+            ),
+            pod(
+                "web-e",
+                json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "web", "ready": false, "state": {"running": {}}}]}),
+            ),
+        ];
+        let s = not_ready_summary(&pods).unwrap();
+        assert_eq!(
+            s,
+            "4 of 5 pods are not ready: \
+             web-a: container web: ImagePullBackOff (Back-off pulling image \"x:1\"); \
+             web-b: Unschedulable (0/3 nodes are available: 3 Insufficient cpu.); \
+             web-d: container web: CrashLoopBackOff, last exit: Error; \
+             web-e: container web: running but not ready (readiness probe)"
+        );
+        assert_eq!(not_ready_summary(&pods[2..3]), None);
+    }
 
     fn deploy(n: i64, surge: Value, unavail: Value) -> Value {
         json!({"metadata": {"name": "web", "namespace": "d", "uid": "d1", "generation": 1},
