@@ -299,7 +299,10 @@ impl Controller {
             .find("", "v1", "pods")
             .ok_or_else(|| anyhow::anyhow!("pods not served"))?;
         let rss = Informer::new(rs_info.key_prefix()).with_index(BY_NAMESPACE, index_namespace);
-        let pods = Informer::new(pod_info.key_prefix()).with_index(BY_NAMESPACE, index_namespace);
+        let pods = Informer::new(pod_info.key_prefix())
+            .with_index(BY_NAMESPACE, index_namespace)
+            .with_index(BY_CONTROLLER, index_controller)
+            .with_index(BY_ORPHAN_NAMESPACE, index_orphan_namespace);
         Ok(Arc::new(Controller {
             reg,
             opts,
@@ -444,7 +447,10 @@ impl Controller {
             self.expectations.forget(key);
             return Ok(None);
         };
-        let pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_NAMESPACE, ns);
+        // Its own pods and the namespace's orphans: pods of other controllers
+        // can be neither owned nor adopted (a namespace may hold 100k pods).
+        let mut pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_CONTROLLER, uid(&rs));
+        pods.extend(self.pods.objects_by_index(BY_ORPHAN_NAMESPACE, ns));
         let plan = plan(&rs, &pods, self.expectations.satisfied(key), now_secs());
         for p in &plan.adopt {
             self.set_owner(p, Some(controller_owner_ref("apps/v1", "ReplicaSet", &rs)))

@@ -69,6 +69,19 @@ pub fn index_namespace(o: &Value) -> Vec<String> {
     vec![namespace(o).to_string()]
 }
 
+/// Index: namespace -> keys of the objects there that have no controller
+/// (the only ones a controller may adopt).
+pub const BY_ORPHAN_NAMESPACE: &str = "orphan-namespace";
+
+/// Index function: the namespace of an object without a controller.
+pub fn index_orphan_namespace(o: &Value) -> Vec<String> {
+    if controller_ref(o).is_some() {
+        vec![]
+    } else {
+        vec![namespace(o).to_string()]
+    }
+}
+
 /// Index function: the controller's uid.
 pub fn index_controller(o: &Value) -> Vec<String> {
     controller_ref(o)
