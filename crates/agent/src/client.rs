@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio_rustls::TlsConnector;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for the response's head (a watch's head comes
+/// at once; its events may take as long as they like).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed call: `code` is the HTTP status, 0 when no response came.
 #[derive(Debug, Clone)]
@@ -202,7 +205,9 @@ impl ApiClient {
             return Ok(s.clone());
         }
         *conn = None;
+        tracing::trace!("connecting to {}", self.server());
         let s = self.connect().await?;
+        tracing::trace!("connected to {}", self.server());
         *conn = Some(s.clone());
         Ok(s)
     }
@@ -218,7 +223,18 @@ impl ApiClient {
     ) -> Result<Response<Incoming>, HttpError> {
         let mut last = None;
         for attempt in 0..2 {
-            let mut sender = self.sender(attempt > 0).await?;
+            let mut sender =
+                match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.sender(attempt > 0)).await {
+                    Ok(s) => s?,
+                    Err(_) => {
+                        return Err(HttpError::transport(format!(
+                            "{method} {path}: no connection to {} within {}s",
+                            self.server(),
+                            (CONNECT_TIMEOUT * 2).as_secs()
+                        )))
+                    }
+                };
+            tracing::trace!("{method} {path}: sending (attempt {attempt})");
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri(format!("https://{}{path}", self.authority))
@@ -234,13 +250,20 @@ impl ApiClient {
             let req = req
                 .body(Full::new(body.clone()))
                 .map_err(|e| HttpError::transport(format!("building request: {e}")))?;
-            let sent = match sender.ready().await {
-                Ok(()) => sender.send_request(req).await,
-                Err(e) => Err(e),
-            };
+            let sent = tokio::time::timeout(RESPONSE_TIMEOUT, async {
+                sender.ready().await?;
+                sender.send_request(req).await
+            })
+            .await;
             match sent {
-                Ok(resp) => return Ok(resp),
-                Err(e) => last = Some(HttpError::transport(format!("{method} {path}: {e}"))),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => last = Some(HttpError::transport(format!("{method} {path}: {e}"))),
+                Err(_) => {
+                    last = Some(HttpError::transport(format!(
+                        "{method} {path}: no response within {}s",
+                        RESPONSE_TIMEOUT.as_secs()
+                    )))
+                }
             }
         }
         Err(last.unwrap_or_else(|| HttpError::transport("request failed")))

@@ -466,6 +466,7 @@ async fn follow(api: Arc<RemoteApi>, list_path: String, pods: Arc<dyn Sink>, mut
             "{list_path}?watch=true&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={rv}"
         );
         let mut must_relist = false;
+        tracing::debug!("watching {list_path} from resourceVersion {rv}");
         match api.client.watch(&path).await {
             Err(e) => {
                 tracing::warn!("watching {list_path}: {e}");
@@ -479,7 +480,7 @@ async fn follow(api: Arc<RemoteApi>, list_path: String, pods: Arc<dyn Sink>, mut
                     let ev = match ev {
                         Ok(ev) => ev,
                         Err(e) => {
-                            tracing::debug!("watch of {list_path} ended: {e}");
+                            tracing::info!("watch of {list_path} ended: {e}");
                             break;
                         }
                     };

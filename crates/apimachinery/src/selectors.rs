@@ -14,6 +14,18 @@ pub enum Requirement {
 }
 
 impl Requirement {
+    /// Like `matches`, for lookups that borrow (no allocation per label).
+    fn matches_ref<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
+        match self {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::DoesNotExist(k) => get(k).is_none(),
+        }
+    }
+
     fn matches(&self, get: &dyn Fn(&str) -> Option<String>) -> bool {
         match self {
             Requirement::Equals(k, v) => get(k).as_deref() == Some(v.as_str()),
@@ -39,12 +51,8 @@ impl Selector {
     }
     /// Matches a `metadata.labels`-style map.
     pub fn matches_labels(&self, labels: Option<&Map<String, Value>>) -> bool {
-        self.matches_with(&|k| {
-            labels
-                .and_then(|l| l.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.0.iter().all(|r| r.matches_ref(&get))
     }
     /// Parses a label selector string.
     pub fn parse_labels(s: &str) -> Result<Selector, String> {

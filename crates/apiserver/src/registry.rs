@@ -88,6 +88,9 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Names tried for one generateName create before giving up, as upstream.
+const GENERATE_NAME_ATTEMPTS: u32 = 8;
+
 fn store_err(info: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
     match e {
         StoreError::AlreadyExists => ApiError::already_exists(&info.plural, &info.group, name),
@@ -183,11 +186,21 @@ fn same_content(a: &Value, b: &Value) -> bool {
 
 const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
+#[cfg(test)]
+thread_local! {
+    /// Tests shrink the alphabet to make collisions likely.
+    static SUFFIX_CHARS: std::cell::Cell<&'static [u8]> = const { std::cell::Cell::new(GENERATE_CHARS) };
+}
+
 fn random_suffix() -> String {
     use rand::Rng;
+    #[cfg(test)]
+    let chars = SUFFIX_CHARS.get();
+    #[cfg(not(test))]
+    let chars = GENERATE_CHARS;
     let mut rng = rand::rng();
     (0..5)
-        .map(|_| GENERATE_CHARS[rng.random_range(0..GENERATE_CHARS.len())] as char)
+        .map(|_| chars[rng.random_range(0..chars.len())] as char)
         .collect()
 }
 
@@ -533,6 +546,8 @@ impl Registry {
         self.check_type(info, &obj)?;
         let storage = self.resources.storage_version(info);
         let now = now_rfc3339();
+        // generateName's prefix when the name is made here (and remade on a collision).
+        let mut generated_from: Option<String> = None;
         {
             let m = meta_mut(&mut obj);
             if info.namespaced() {
@@ -561,6 +576,7 @@ impl Registry {
                     .and_then(Value::as_str)
                     .filter(|g| !g.is_empty())
                 {
+                    generated_from = Some(g.to_string());
                     let generated = format!("{g}{}", random_suffix());
                     m.insert("name".into(), json!(generated));
                 }
@@ -582,7 +598,7 @@ impl Registry {
                 m.remove("generation");
             }
         }
-        let name = meta(&obj, "name").unwrap_or_default();
+        let mut name = meta(&obj, "name").unwrap_or_default();
         if name.is_empty() {
             return Err(ApiError::invalid(
                 &info.kind,
@@ -602,9 +618,18 @@ impl Registry {
         if allocates || opts.dry_run {
             self.cache.sync().await?;
         }
-        let storage_key = storage.key(ns, &name);
-        if self.cache.get(&storage_key).is_some() {
-            return Err(ApiError::already_exists(&info.plural, &info.group, &name));
+        // A generated name that is taken is generated again, as upstream
+        // does (KEP-4420), so a 10,000-pod ReplicaSet never sees a collision.
+        let mut attempts = 0;
+        while self.cache.get(&storage.key(ns, &name)).is_some() {
+            match &generated_from {
+                Some(g) if attempts < GENERATE_NAME_ATTEMPTS => {
+                    attempts += 1;
+                    name = format!("{g}{}", random_suffix());
+                    obj["metadata"]["name"] = json!(name);
+                }
+                _ => return Err(ApiError::already_exists(&info.plural, &info.group, &name)),
+            }
         }
         self.prune(info, &mut obj);
         let mut obj = convert(obj, &storage);
@@ -663,12 +688,24 @@ impl Registry {
                 created: true,
             });
         }
-        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
-        let rev = self
-            .store
-            .create(&key, bytes)
-            .await
-            .map_err(|e| store_err(info, &name, e))?;
+        let mut key = key;
+        let rev = loop {
+            let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+            match self.store.create(&key, bytes).await {
+                Ok(rev) => break rev,
+                // Taken by a write the cache has not seen yet.
+                Err(StoreError::AlreadyExists) if attempts < GENERATE_NAME_ATTEMPTS => {
+                    let Some(g) = &generated_from else {
+                        return Err(ApiError::already_exists(&info.plural, &info.group, &name));
+                    };
+                    attempts += 1;
+                    name = format!("{g}{}", random_suffix());
+                    obj["metadata"]["name"] = json!(name);
+                    key = storage.key(ns, &name);
+                }
+                Err(e) => return Err(store_err(info, &name, e)),
+            }
+        };
         set_rv(&mut obj, rev);
         Ok(WriteResult {
             object: convert(obj, info),
@@ -1484,6 +1521,48 @@ impl KindCheck for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn generated_names_that_are_taken_are_generated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(kobune_store::sqlite::SqliteStore::open(&dir.path().join("db")).unwrap());
+        let reg = Registry {
+            store: store.clone(),
+            cache: Cache::start(store, crate::cache::DEFAULT_HISTORY)
+                .await
+                .unwrap(),
+            resources: Arc::new(Resources::new()),
+            service_cidr: ("10.43.0.0".parse().unwrap(), 16),
+        };
+        let info = reg.resources.find("", "v1", "namespaces").unwrap();
+        // 3^5 = 243 possible names: 40 creates almost surely collide (p ~ 0.96)
+        // unless taken names are generated again.
+        SUFFIX_CHARS.set(b"bcd");
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": "ns-"}});
+            let made = reg
+                .create(&info, None, ns, &WriteOptions::default())
+                .await
+                .unwrap();
+            names.insert(
+                made.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(names.len(), 40);
+        // A name given by the client is never changed.
+        let taken = names.iter().next().unwrap().clone();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": taken}});
+        let err = reg
+            .create(&info, None, ns, &WriteOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_status()["reason"], "AlreadyExists");
+    }
 
     #[test]
     fn same_content_ignores_only_resource_version_and_managed_fields() {

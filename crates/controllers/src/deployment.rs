@@ -9,6 +9,7 @@
 
 use crate::runtime::{Informer, Requeue, WorkQueue};
 use crate::workload::*;
+use kobune_apimachinery::at;
 use kobune_apimachinery::ResourceInfo;
 use kobune_apiserver::cache::{CacheEvent, EventType};
 use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, Registry, WriteOptions};
@@ -122,7 +123,7 @@ pub fn scaled_value(v: Option<&Value>, total: i64, round_up: bool) -> i64 {
 }
 
 fn is_rolling(d: &Value) -> bool {
-    d.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate")
+    at(d, "/spec/strategy/type").and_then(Value::as_str) != Some("Recreate")
 }
 
 /// (maxSurge, maxUnavailable) for the deployment's replicas; both zero becomes unavailable 1.
@@ -130,7 +131,7 @@ pub fn fenceposts(d: &Value) -> (i64, i64) {
     if !is_rolling(d) {
         return (0, 0);
     }
-    let ru = d.pointer("/spec/strategy/rollingUpdate");
+    let ru = at(d, "/spec/strategy/rollingUpdate");
     let n = replicas(d);
     let surge = scaled_value(ru.and_then(|r| r.get("maxSurge")), n, true);
     let unavailable = scaled_value(ru.and_then(|r| r.get("maxUnavailable")), n, false);
@@ -263,7 +264,7 @@ pub fn calculate_status(d: &Value, all: &[Value], new_rs: Option<&Value>) -> Val
             st.insert(k.into(), json!(v));
         }
     }
-    if let Some(c) = d.pointer("/status/collisionCount") {
+    if let Some(c) = at(d, "/status/collisionCount") {
         st.insert("collisionCount".into(), c.clone());
     }
     let now = now_rfc3339();
@@ -432,7 +433,7 @@ pub fn rollout_status(
 
 /// Why a pod is not Ready, as `kubectl get pods` and `describe` would show it.
 fn pod_not_ready_reason(pod: &Value) -> Option<String> {
-    let conds = pod.pointer("/status/conditions").and_then(Value::as_array);
+    let conds = at(pod, "/status/conditions").and_then(Value::as_array);
     let cond = |t: &str| conds.into_iter().flatten().find(|c| c["type"] == t);
     if cond("Ready").is_some_and(|c| c["status"] == "True") || deleting(pod) {
         return None;
@@ -447,10 +448,7 @@ fn pod_not_ready_reason(pod: &Value) -> Option<String> {
     let statuses = ["initContainerStatuses", "containerStatuses"];
     for cs in statuses
         .iter()
-        .filter_map(|k| {
-            pod.pointer(&format!("/status/{k}"))
-                .and_then(Value::as_array)
-        })
+        .filter_map(|k| at(pod, &format!("/status/{k}")).and_then(Value::as_array))
         .flatten()
     {
         let name = cs["name"].as_str().unwrap_or_default();
@@ -478,7 +476,7 @@ fn pod_not_ready_reason(pod: &Value) -> Option<String> {
             ));
         }
     }
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    let phase = at(pod, "/status/phase").and_then(Value::as_str);
     Some(phase.unwrap_or("Pending").to_string())
 }
 
@@ -559,7 +557,7 @@ fn set_replicas_annotations(rs: &mut Value, desired: i64, max: i64) -> bool {
 
 /// The ReplicaSet a new template gets.
 pub fn new_replica_set(d: &Value, hash: &str, size: i64, revision: i64) -> Value {
-    let mut template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut template = at(d, "/spec/template").cloned().unwrap_or(json!({}));
     if !template.get("metadata").is_some_and(Value::is_object) {
         template["metadata"] = json!({});
     }
@@ -570,7 +568,7 @@ pub fn new_replica_set(d: &Value, hash: &str, size: i64, revision: i64) -> Value
         template["metadata"]["labels"] = json!({});
     }
     template["metadata"]["labels"][HASH_LABEL] = json!(hash);
-    let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    let mut selector = at(d, "/spec/selector").cloned().unwrap_or(json!({}));
     if !selector.get("matchLabels").is_some_and(Value::is_object) {
         selector["matchLabels"] = json!({});
     }
@@ -776,7 +774,7 @@ impl Controller {
         }
         if controller_ref(&ev.object).is_none() && ev.kind != EventType::Deleted {
             for (_, d) in self.deployments.by_index(BY_NAMESPACE, ns) {
-                if selector_matches(d.pointer("/spec/selector"), &ev.object) {
+                if selector_matches(at(&d, "/spec/selector"), &ev.object) {
                     self.queue.add(ns_key(&d));
                 }
             }
@@ -977,8 +975,7 @@ impl Controller {
                         .and_then(|r| r.get("uid"))
                         .and_then(Value::as_str)
                         == Some(uid(&s.d))
-                        && x.pointer("/spec/template")
-                            .is_some_and(|t| equal_ignore_hash(t, &template))
+                        && at(x, "/spec/template").is_some_and(|t| equal_ignore_hash(t, &template))
                 });
                 if !ours {
                     let mut st = s.d.get("status").cloned().unwrap_or(json!({}));
@@ -1008,7 +1005,7 @@ impl Controller {
 
     /// Adopts matching orphans and releases ReplicaSets that stop matching.
     async fn claim(&self, d: &Value) -> anyhow::Result<Vec<Value>> {
-        let sel = d.pointer("/spec/selector");
+        let sel = at(d, "/spec/selector");
         let mut out = vec![];
         for (_, rs) in self.rss.by_index(BY_NAMESPACE, namespace(d)) {
             let mine = controller_ref(&rs)
@@ -1048,7 +1045,7 @@ impl Controller {
                     .by_index(BY_CONTROLLER, uid(&s.rss[i]))
                     .iter()
                     .any(|(_, p)| {
-                        let phase = p.pointer("/status/phase").and_then(Value::as_str);
+                        let phase = at(p, "/status/phase").and_then(Value::as_str);
                         phase != Some("Succeeded") && phase != Some("Failed")
                     })
         })
@@ -1283,7 +1280,7 @@ impl Controller {
 
 /// Owner references other than the controller's.
 fn conditions_refs(o: &Value) -> Vec<Value> {
-    o.pointer("/metadata/ownerReferences")
+    at(o, "/metadata/ownerReferences")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()

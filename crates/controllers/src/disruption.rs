@@ -9,6 +9,7 @@
 use crate::deployment::scaled_value;
 use crate::runtime::{Informer, Requeue, WorkQueue};
 use crate::workload::*;
+use kobune_apimachinery::at;
 use kobune_apimachinery::ResourceInfo;
 use kobune_apiserver::registry::{Registry, WriteOptions};
 use serde_json::{json, Value};
@@ -151,7 +152,7 @@ impl Controller {
         self.pods.start(&self.reg.cache, move |_, ev| {
             let relevant = |p: &Value| {
                 (
-                    p.pointer("/metadata/labels").cloned(),
+                    at(p, "/metadata/labels").cloned(),
                     pod_ready(p),
                     deleting(p),
                 )
@@ -162,11 +163,11 @@ impl Controller {
                 return;
             }
             for (_, pdb) in c.pdbs.by_index(BY_NAMESPACE, namespace(&ev.object)) {
-                if selector_matches(pdb.pointer("/spec/selector"), &ev.object)
+                if selector_matches(at(&pdb, "/spec/selector"), &ev.object)
                     || ev
                         .prev
                         .as_deref()
-                        .is_some_and(|p| selector_matches(pdb.pointer("/spec/selector"), p))
+                        .is_some_and(|p| selector_matches(at(&pdb, "/spec/selector"), p))
                 {
                     c.queue.add(ns_key(&pdb));
                 }
@@ -181,11 +182,7 @@ impl Controller {
         let ns = namespace(pod);
         let owner_name = r.get("name").and_then(Value::as_str)?;
         let get = |info: &ResourceInfo, n: &str| self.reg.get_cached(info, Some(ns), n).ok();
-        let replicas = |o: &Value| {
-            o.pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1)
-        };
+        let replicas = |o: &Value| at(o, "/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         match r.get("kind").and_then(Value::as_str)? {
             "ReplicaSet" => {
                 let rs = get(&self.rs_info, owner_name)?;
@@ -219,7 +216,7 @@ impl Controller {
             .pods
             .objects_by_index(BY_NAMESPACE, ns)
             .into_iter()
-            .filter(|p| selector_matches(pdb.pointer("/spec/selector"), p))
+            .filter(|p| selector_matches(at(&pdb, "/spec/selector"), p))
             .collect();
         let needs_scale = pdb
             .pointer("/spec/maxUnavailable")

@@ -11,6 +11,7 @@
 
 use crate::runtime::{Informer, Requeue, WorkQueue};
 use crate::workload::*;
+use kobune_apimachinery::at;
 use kobune_apimachinery::ResourceInfo;
 use kobune_apiserver::cache::{rv_of, EventType};
 use kobune_apiserver::registry::{DeleteOptions, Registry, WriteOptions};
@@ -35,7 +36,7 @@ const PENDING_TTL: Duration = Duration::from_secs(5);
 // Desired state
 
 fn str_at<'v>(o: &'v Value, ptr: &str) -> Option<&'v str> {
-    o.pointer(ptr).and_then(Value::as_str)
+    at(o, ptr).and_then(Value::as_str)
 }
 
 /// The selector of a Service that gets endpoints from this controller:
@@ -44,7 +45,7 @@ pub fn service_selector(svc: &Value) -> Option<&Map<String, Value>> {
     if str_at(svc, "/spec/type") == Some("ExternalName") {
         return None;
     }
-    svc.pointer("/spec/selector")
+    at(svc, "/spec/selector")
         .and_then(Value::as_object)
         .filter(|m| !m.is_empty())
 }
@@ -53,7 +54,7 @@ fn selects(svc: &Value, pod: &Value) -> bool {
     let Some(sel) = service_selector(svc) else {
         return false;
     };
-    let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
+    let labels = at(pod, "/metadata/labels").and_then(Value::as_object);
     sel.iter()
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
@@ -63,7 +64,7 @@ fn headless(svc: &Value) -> bool {
 }
 
 fn publish_not_ready(svc: &Value) -> bool {
-    svc.pointer("/spec/publishNotReadyAddresses")
+    at(svc, "/spec/publishNotReadyAddresses")
         .and_then(Value::as_bool)
         .unwrap_or(false)
 }
@@ -116,7 +117,7 @@ pub fn find_port(pod: &Value, service_port: &Value) -> Option<i64> {
 }
 
 fn service_ports(svc: &Value) -> Vec<Value> {
-    svc.pointer("/spec/ports")
+    at(svc, "/spec/ports")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
@@ -321,7 +322,7 @@ pub fn slice_labels(svc: &Value) -> Value {
 
 fn endpoints_labels(svc: &Value) -> Value {
     let mut labels = Map::new();
-    if let Some(l) = svc.pointer("/metadata/labels").and_then(Value::as_object) {
+    if let Some(l) = at(svc, "/metadata/labels").and_then(Value::as_object) {
         for (k, v) in l {
             if k != SERVICE_NAME_LABEL && k != MANAGED_BY_LABEL && k != HEADLESS_LABEL {
                 labels.insert(k.clone(), v.clone());
@@ -405,8 +406,8 @@ fn slice_matches(svc: &Value, slice: &Value, ports: &Value, endpoints: &[Value])
     slice.get("addressType") == Some(&json!("IPv4"))
         && null_if_empty(slice.get("endpoints")) == eps
         && null_if_empty(slice.get("ports")) == *ports
-        && slice.pointer("/metadata/labels") == Some(&slice_labels(svc))
-        && slice.pointer("/metadata/ownerReferences") == Some(&json!([service_owner_ref(svc)]))
+        && at(slice, "/metadata/labels") == Some(&slice_labels(svc))
+        && at(slice, "/metadata/ownerReferences") == Some(&json!([service_owner_ref(svc)]))
 }
 
 /// Whether a slice belongs to this Service (and not to an earlier one of
@@ -536,7 +537,7 @@ pub struct Controller {
 }
 
 fn index_service(o: &Value) -> Vec<String> {
-    let labels = o.pointer("/metadata/labels");
+    let labels = at(o, "/metadata/labels");
     let managed = labels
         .and_then(|l| l.get(MANAGED_BY_LABEL))
         .and_then(Value::as_str)
@@ -551,7 +552,7 @@ fn index_service(o: &Value) -> Vec<String> {
 }
 
 fn zone_label(o: &Value) -> Option<&str> {
-    o.pointer("/metadata/labels")
+    at(o, "/metadata/labels")
         .and_then(|l| l.get(ZONE_LABEL))
         .and_then(Value::as_str)
 }

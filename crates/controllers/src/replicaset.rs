@@ -6,6 +6,7 @@
 
 use crate::runtime::{Informer, Requeue, WorkQueue};
 use crate::workload::*;
+use kobune_apimachinery::at;
 use kobune_apimachinery::{ApiError, ResourceInfo};
 use kobune_apiserver::cache::{CacheEvent, EventType};
 use kobune_apiserver::registry::{DeleteOptions, Registry, WriteOptions};
@@ -111,7 +112,7 @@ pub struct Plan {
 }
 
 fn phase_rank(p: &Value) -> u8 {
-    match p.pointer("/status/phase").and_then(Value::as_str) {
+    match at(p, "/status/phase").and_then(Value::as_str) {
         Some("Pending") => 0,
         Some("Running") => 2,
         _ => 1,
@@ -119,7 +120,7 @@ fn phase_rank(p: &Value) -> u8 {
 }
 
 fn restarts(p: &Value) -> i64 {
-    p.pointer("/status/containerStatuses")
+    at(p, "/status/containerStatuses")
         .and_then(Value::as_array)
         .map(|a| a.iter().map(|c| i64_at(c, "/restartCount")).sum())
         .unwrap_or(0)
@@ -130,7 +131,7 @@ fn restarts(p: &Value) -> i64 {
 /// before ready, ready more recently first, more restarts first, newer first.
 pub fn deletion_order(a: &Value, b: &Value) -> Ordering {
     let scheduled = |p: &Value| {
-        p.pointer("/spec/nodeName")
+        at(p, "/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty())
     };
@@ -149,11 +150,8 @@ pub fn deletion_order(a: &Value, b: &Value) -> Ordering {
 }
 
 /// Template labels all present on the pod.
-fn fully_labeled(rs: &Value, pod: &Value) -> bool {
-    let want = rs
-        .pointer("/spec/template/metadata/labels")
-        .and_then(Value::as_object);
-    let have = pod.pointer("/metadata/labels").and_then(Value::as_object);
+fn fully_labeled(want: Option<&serde_json::Map<String, Value>>, pod: &Value) -> bool {
+    let have = at(pod, "/metadata/labels").and_then(Value::as_object);
     want.is_none_or(|w| {
         w.iter()
             .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
@@ -163,12 +161,27 @@ fn fully_labeled(rs: &Value, pod: &Value) -> bool {
 /// The status of a ReplicaSet owning `active` pods (conditions kept as they are).
 pub fn compute_status(rs: &Value, active: &[Arc<Value>], now: f64) -> (Value, Requeue) {
     let min_ready = i64_at(rs, "/spec/minReadySeconds");
-    let ready = active.iter().filter(|p| pod_ready(p)).count();
-    let available = active
-        .iter()
-        .filter(|p| pod_available(p, min_ready, now))
-        .count();
-    let labeled = active.iter().filter(|p| fully_labeled(rs, p)).count();
+    let want_labels = at(rs, "/spec/template/metadata/labels").and_then(Value::as_object);
+    let (mut ready, mut available, mut labeled) = (0, 0, 0);
+    // Ready but not yet available: look again when the first one will be.
+    let mut next_available: Option<f64> = None;
+    for p in active {
+        if let Some(c) = ready_condition(p) {
+            ready += 1;
+            let left = match min_ready {
+                ..=0 => 0.0,
+                m => transition_time(c) + m as f64 - now,
+            };
+            if left <= 0.0 {
+                available += 1;
+            } else {
+                next_available = Some(next_available.map_or(left, |m| m.min(left)));
+            }
+        }
+        if fully_labeled(want_labels, p) {
+            labeled += 1;
+        }
+    }
     let mut status = json!({"replicas": active.len()});
     for (k, v) in [
         ("fullyLabeledReplicas", labeled),
@@ -187,28 +200,22 @@ pub fn compute_status(rs: &Value, active: &[Arc<Value>], now: f64) -> (Value, Re
     if !conds.is_empty() {
         status["conditions"] = json!(conds);
     }
-    // Ready but not yet available: look again when the first one will be.
-    let requeue = active
-        .iter()
-        .filter(|p| !pod_available(p, min_ready, now))
-        .filter_map(|p| ready_since(p))
-        .map(|t| t + min_ready as f64 - now)
-        .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.min(d))))
-        .map(|d| Duration::from_secs_f64(d.max(0.0) + 0.05));
+    let requeue = next_available.map(|d| Duration::from_secs_f64(d + 0.05));
     (status, requeue)
 }
 
 /// Decides over a ReplicaSet and the pods in its namespace. `may_manage`:
 /// the expectations are satisfied, so creates and deletes may be planned.
 pub fn plan(rs: &Value, pods: &[Arc<Value>], may_manage: bool, now: f64) -> Plan {
-    let selector = rs.pointer("/spec/selector");
+    let selector = compile_selector(at(rs, "/spec/selector"));
+    let matches = |p: &Value| selector.as_ref().is_some_and(|s| labels_match(s, p));
     let my_uid = uid(rs);
     let mut plan = Plan::default();
     let mut owned = vec![];
     for p in pods {
         match controller_ref(p) {
             Some(r) if r.get("uid").and_then(Value::as_str) == Some(my_uid) => {
-                if selector_matches(selector, p) {
+                if matches(p) {
                     owned.push(p.clone());
                 } else {
                     plan.release.push(p.clone());
@@ -216,7 +223,7 @@ pub fn plan(rs: &Value, pods: &[Arc<Value>], may_manage: bool, now: f64) -> Plan
             }
             Some(_) => {}
             None => {
-                if !deleting(rs) && !deleting(p) && selector_matches(selector, p) {
+                if !deleting(rs) && !deleting(p) && matches(p) {
                     plan.adopt.push(p.clone());
                     owned.push(p.clone());
                 }
@@ -242,14 +249,14 @@ pub fn plan(rs: &Value, pods: &[Arc<Value>], may_manage: bool, now: f64) -> Plan
 
 /// A pod for the ReplicaSet's template.
 pub fn pod_from_template(rs: &Value) -> Value {
-    let t = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let t = at(rs, "/spec/template").cloned().unwrap_or(json!({}));
     let mut meta = json!({
         "generateName": format!("{}-", name(rs)),
         "namespace": namespace(rs),
         "ownerReferences": [controller_owner_ref("apps/v1", "ReplicaSet", rs)],
     });
     for k in ["labels", "annotations", "finalizers"] {
-        if let Some(v) = t.pointer(&format!("/metadata/{k}")) {
+        if let Some(v) = at(&t, &format!("/metadata/{k}")) {
             meta[k] = v.clone();
         }
     }
@@ -339,7 +346,7 @@ impl Controller {
         } else if ev.kind != EventType::Deleted {
             // An orphan: whoever matches may adopt it.
             for (_, rs) in self.rss.by_index(BY_NAMESPACE, namespace(pod)) {
-                if selector_matches(rs.pointer("/spec/selector"), pod) {
+                if selector_matches(at(&rs, "/spec/selector"), pod) {
                     self.queue.add(ns_key(&rs));
                 }
             }

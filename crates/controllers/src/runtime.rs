@@ -430,6 +430,14 @@ impl WorkQueue {
 // ---------------------------------------------------------------------------
 // Controller loop
 
+/// How long a key rests after a reconcile that took `took`: a slow one (a
+/// ReplicaSet of 10,000 pods) waits three times as long before it runs
+/// again, so one large object cannot keep a core busy while its events
+/// arrive; the events of the pause are coalesced into one reconcile.
+fn cooldown(took: Duration) -> Option<Duration> {
+    (took >= Duration::from_millis(5)).then(|| (took * 3).min(Duration::from_secs(1)))
+}
+
 /// What a successful reconcile asks for.
 pub type Requeue = Option<Duration>;
 
@@ -453,6 +461,7 @@ pub async fn run_controller<F, Fut>(
         let reconcile = reconcile.clone();
         handles.push(tokio::spawn(async move {
             while let Some(key) = queue.get().await {
+                let started = std::time::Instant::now();
                 let result = match tokio::spawn(reconcile(key.clone())).await {
                     Ok(r) => r,
                     Err(e) => Err(anyhow::anyhow!("reconcile panicked: {e}")),
@@ -473,7 +482,17 @@ pub async fn run_controller<F, Fut>(
                         queue.add_rate_limited(key.clone());
                     }
                 }
-                queue.done(&key);
+                match cooldown(started.elapsed()) {
+                    None => queue.done(&key),
+                    Some(pause) => {
+                        // Still "processing": events meanwhile only mark it dirty.
+                        let queue = queue.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(pause).await;
+                            queue.done(&key);
+                        });
+                    }
+                }
             }
         }));
     }
@@ -571,6 +590,51 @@ mod tests {
         assert_eq!(got.as_deref(), Some("k"));
         q.forget("k");
         assert_eq!(q.num_requeues("k"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_keys_rest_and_coalesce_their_events_but_see_the_last_one() {
+        assert_eq!(cooldown(Duration::from_millis(1)), None);
+        assert_eq!(
+            cooldown(Duration::from_millis(20)),
+            Some(Duration::from_millis(60))
+        );
+        assert_eq!(
+            cooldown(Duration::from_secs(5)),
+            Some(Duration::from_secs(1))
+        );
+        let q = WorkQueue::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let latest = Arc::new(AtomicUsize::new(0));
+        let (s, r, l) = (seen.clone(), runs.clone(), latest.clone());
+        tokio::spawn(run_controller(
+            "slow",
+            q.clone(),
+            move |_key: String| {
+                let (s, r, l) = (s.clone(), r.clone(), l.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    s.store(l.load(Ordering::SeqCst), Ordering::SeqCst);
+                    // A reconcile that takes 20 ms.
+                    std::thread::sleep(Duration::from_millis(20));
+                    Ok(None)
+                }
+            },
+            2,
+        ));
+        // 100 events in 400 ms.
+        for i in 1..=100 {
+            latest.store(i, Ordering::SeqCst);
+            q.add("big");
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = runs.load(Ordering::SeqCst);
+        // Each run is followed by 60 ms of rest: about 400 / 80 runs, not 20.
+        assert!((3..=9).contains(&n), "{n} runs");
+        assert_eq!(seen.load(Ordering::SeqCst), 100, "the last event was seen");
+        q.shutdown();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

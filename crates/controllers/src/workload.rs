@@ -3,6 +3,7 @@
 //! selectors, pod readiness, and event recording.
 
 use crate::runtime::Informer;
+use kobune_apimachinery::at;
 use kobune_apimachinery::selectors::Selector;
 use kobune_apimachinery::{ApiError, ResourceInfo};
 use kobune_apiserver::registry::{PatchKind, Registry, WriteOptions};
@@ -34,23 +35,22 @@ pub fn uid(o: &Value) -> &str {
 }
 
 pub fn deleting(o: &Value) -> bool {
-    o.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
+    at(o, "/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
 }
 
 pub fn i64_at(o: &Value, ptr: &str) -> i64 {
-    o.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+    at(o, ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
 pub fn annotation<'v>(o: &'v Value, key: &str) -> Option<&'v str> {
-    o.pointer("/metadata/annotations")
+    at(o, "/metadata/annotations")
         .and_then(|a| a.get(key))
         .and_then(Value::as_str)
 }
 
 /// The ownerReference with `controller: true`, if any.
 pub fn controller_ref(o: &Value) -> Option<&Value> {
-    o.pointer("/metadata/ownerReferences")
+    at(o, "/metadata/ownerReferences")
         .and_then(Value::as_array)?
         .iter()
         .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
@@ -94,13 +94,19 @@ pub fn index_controller(o: &Value) -> Vec<String> {
 /// Whether a workload's `spec.selector` matches an object's labels. An
 /// empty or invalid selector matches nothing, as for workloads upstream.
 pub fn selector_matches(selector: Option<&Value>, obj: &Value) -> bool {
-    let Some(sel) = selector else { return false };
-    match Selector::from_label_selector(sel) {
-        Ok(s) if !s.is_empty() => {
-            s.matches_labels(obj.pointer("/metadata/labels").and_then(Value::as_object))
-        }
-        _ => false,
-    }
+    compile_selector(selector).is_some_and(|s| labels_match(&s, obj))
+}
+
+/// A workload's `spec.selector` parsed once, for matching many objects;
+/// `None` (absent, empty or invalid) matches nothing.
+pub fn compile_selector(selector: Option<&Value>) -> Option<Selector> {
+    Selector::from_label_selector(selector?)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+pub fn labels_match(selector: &Selector, obj: &Value) -> bool {
+    selector.matches_labels(at(obj, "/metadata/labels").and_then(Value::as_object))
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp.
@@ -115,35 +121,42 @@ pub fn now_secs() -> f64 {
 }
 
 /// The pod's Ready condition, if true: its lastTransitionTime (0 when unknown).
-pub fn ready_since(pod: &Value) -> Option<f64> {
-    pod.pointer("/status/conditions")
+/// The pod's `Ready=True` condition, if it has one.
+pub fn ready_condition(pod: &Value) -> Option<&Value> {
+    at(pod, "/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| c["type"] == "Ready" && c["status"] == "True")
-        .map(|c| {
-            c.get("lastTransitionTime")
-                .and_then(Value::as_str)
-                .and_then(parse_time)
-                .unwrap_or(0.0)
-        })
+}
+
+pub fn ready_since(pod: &Value) -> Option<f64> {
+    ready_condition(pod).map(transition_time)
+}
+
+pub fn transition_time(condition: &Value) -> f64 {
+    condition
+        .get("lastTransitionTime")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+        .unwrap_or(0.0)
 }
 
 pub fn pod_ready(pod: &Value) -> bool {
-    ready_since(pod).is_some()
+    ready_condition(pod).is_some()
 }
 
 /// Ready for at least `min_ready` seconds at `now`.
 pub fn pod_available(pod: &Value, min_ready: i64, now: f64) -> bool {
-    match ready_since(pod) {
+    match ready_condition(pod) {
         Some(_) if min_ready <= 0 => true,
-        Some(t) => t + min_ready as f64 <= now,
+        Some(c) => transition_time(c) + min_ready as f64 <= now,
         None => false,
     }
 }
 
 /// Not terminating and not finished.
 pub fn pod_active(pod: &Value) -> bool {
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    let phase = at(pod, "/status/phase").and_then(Value::as_str);
     !deleting(pod) && phase != Some("Succeeded") && phase != Some("Failed")
 }
 
@@ -262,7 +275,7 @@ pub fn get_condition<'a>(conds: &'a [Value], ty: &str) -> Option<&'a Value> {
 }
 
 pub fn conditions(o: &Value) -> Vec<Value> {
-    o.pointer("/status/conditions")
+    at(o, "/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
@@ -302,7 +315,7 @@ pub async fn update_status_if_changed(
     }
     let mut updated = obj.clone();
     updated["status"] = status;
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    let ns = at(obj, "/metadata/namespace").and_then(Value::as_str);
     match reg
         .update(info, ns, name(obj), updated, opts, Some("status"))
         .await
@@ -357,7 +370,7 @@ pub async fn renumber_revision(
 ) -> Result<(), ApiError> {
     if i64_at(rev, "/revision") < max {
         let patch = json!({"revision": max + 1});
-        let ns = rev.pointer("/metadata/namespace").and_then(Value::as_str);
+        let ns = at(rev, "/metadata/namespace").and_then(Value::as_str);
         reg.patch(cr_info, ns, name(rev), PatchKind::Merge, &patch, opts, None)
             .await?;
     }
@@ -375,7 +388,7 @@ pub async fn revision_collision(
     opts: &WriteOptions,
 ) -> anyhow::Error {
     let patch = json!({"status": {"collisionCount": collision.unwrap_or(0) + 1}});
-    let ns = owner.pointer("/metadata/namespace").and_then(Value::as_str);
+    let ns = at(owner, "/metadata/namespace").and_then(Value::as_str);
     match reg
         .patch(
             owner_info,
