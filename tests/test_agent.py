@@ -211,9 +211,6 @@ def test_daemonset_reaches_a_node_that_joins_later(cluster, agents):
     agents["ns"] = ns
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flaky since the RemoteApi list+watch loop was made generic (session 3): now and then one "
-    "paused agent never resumes its pod watch after the server restarts; under investigation"))
 def test_agent_follows_pods_across_a_server_restart(cluster, agents):
     ns = agents["ns"]
     # The agents are paused while the server restarts with a small watch

@@ -105,7 +105,28 @@ pub struct ApiClient {
     server_name: ServerName<'static>,
     token: String,
     tls: TlsConnector,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    conn: Slot,
+    /// Numbers connections, so a failed one can be dropped from the slot.
+    opened: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's request handle, with the connection's number.
+type Numbered = (u64, SendRequest<Full<Bytes>>);
+
+/// The shared connection.
+#[derive(Clone, Default)]
+struct Slot(Arc<tokio::sync::Mutex<Option<Numbered>>>);
+
+impl Slot {
+    /// Stops handing out connection `id` (a stream on it failed): hyper may
+    /// still take requests on a connection that is going away and never
+    /// answer them.
+    async fn discard(&self, id: u64) {
+        let mut slot = self.0.lock().await;
+        if slot.as_ref().is_some_and(|(i, _)| *i == id) {
+            *slot = None;
+        }
+    }
 }
 
 impl ApiClient {
@@ -148,7 +169,8 @@ impl ApiClient {
             server_name,
             token: token.to_string(),
             tls: TlsConnector::from(Arc::new(cfg)),
-            conn: tokio::sync::Mutex::new(None),
+            conn: Slot::default(),
+            opened: Default::default(),
         })
     }
 
@@ -199,17 +221,19 @@ impl ApiClient {
         Ok(sender)
     }
 
-    async fn sender(&self, fresh: bool) -> Result<SendRequest<Full<Bytes>>, HttpError> {
-        let mut conn = self.conn.lock().await;
-        if let Some(s) = conn.as_ref().filter(|s| !fresh && !s.is_closed()) {
+    async fn sender(&self, fresh: bool) -> Result<Numbered, HttpError> {
+        let mut conn = self.conn.0.lock().await;
+        if let Some(s) = conn.as_ref().filter(|(_, s)| !fresh && !s.is_closed()) {
             return Ok(s.clone());
         }
         *conn = None;
         tracing::trace!("connecting to {}", self.server());
         let s = self.connect().await?;
-        tracing::trace!("connected to {}", self.server());
-        *conn = Some(s.clone());
-        Ok(s)
+        let id = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *conn = Some((id, s.clone()));
+        Ok((id, s))
     }
 
     /// Sends one request; a broken connection is reopened and the request
@@ -221,9 +245,20 @@ impl ApiClient {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Response<Incoming>, HttpError> {
+        Ok(self.send_on(method, path, content_type, body).await?.1)
+    }
+
+    /// [`ApiClient::send`], also naming the connection it went over.
+    async fn send_on(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(u64, Response<Incoming>), HttpError> {
         let mut last = None;
         for attempt in 0..2 {
-            let mut sender =
+            let (id, mut sender) =
                 match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.sender(attempt > 0)).await {
                     Ok(s) => s?,
                     Err(_) => {
@@ -255,8 +290,11 @@ impl ApiClient {
                 sender.send_request(req).await
             })
             .await;
+            if !matches!(sent, Ok(Ok(_))) {
+                self.conn.discard(id).await;
+            }
             match sent {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => return Ok((id, resp)),
                 Ok(Err(e)) => last = Some(HttpError::transport(format!("{method} {path}: {e}"))),
                 Err(_) => {
                     last = Some(HttpError::transport(format!(
@@ -282,14 +320,15 @@ impl ApiClient {
             None => Bytes::new(),
         };
         let ct = body.is_some().then_some(content_type);
-        let resp = self.send(method, path, ct, bytes).await?;
+        let (conn, resp) = self.send_on(method, path, ct, bytes).await?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| HttpError::transport(format!("reading {path}: {e}")))?
-            .to_bytes();
+        let body = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                self.conn.discard(conn).await;
+                return Err(HttpError::transport(format!("reading {path}: {e}")));
+            }
+        };
         if !(200..300).contains(&status) {
             return Err(HttpError::from_response(status, &body));
         }
@@ -306,7 +345,7 @@ impl ApiClient {
 
     /// Opens a watch (`path` has `watch=true`); events arrive from the stream.
     pub async fn watch(&self, path: &str) -> Result<WatchStream, HttpError> {
-        let resp = self.send(Method::GET, path, None, Bytes::new()).await?;
+        let (conn, resp) = self.send_on(Method::GET, path, None, Bytes::new()).await?;
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp
@@ -320,6 +359,8 @@ impl ApiClient {
         Ok(WatchStream {
             body: resp.into_body(),
             buf: Vec::new(),
+            slot: self.conn.clone(),
+            conn,
         })
     }
 }
@@ -328,6 +369,8 @@ impl ApiClient {
 pub struct WatchStream {
     body: Incoming,
     buf: Vec<u8>,
+    slot: Slot,
+    conn: u64,
 }
 
 /// Takes the first complete JSON value from `buf` (values may be separated
@@ -360,7 +403,10 @@ impl WatchStream {
             }
             match self.body.frame().await {
                 None => return None,
-                Some(Err(e)) => return Some(Err(HttpError::transport(format!("watch: {e}")))),
+                Some(Err(e)) => {
+                    self.slot.discard(self.conn).await;
+                    return Some(Err(HttpError::transport(format!("watch: {e}"))));
+                }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buf.extend_from_slice(&data);
