@@ -61,6 +61,10 @@ struct Worker {
     last_status: Option<Value>,
     /// (reason, message) -> (event name, count)
     events: HashMap<(String, String), (String, i64)>,
+    /// Event creations in flight: written concurrently with the pod's
+    /// start, and awaited before the next status write (so a pod's events
+    /// are visible once its status says what they announced).
+    inflight_events: Vec<tokio::task::JoinHandle<()>>,
     start_failures: u32,
     retry_at: Option<Instant>,
     /// Finished (Succeeded/Failed): nothing more to run.
@@ -117,6 +121,13 @@ static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 /// still cache (a STALE neighbour entry is re-checked only after seconds,
 /// and until then host-to-pod packets go nowhere): forget it.
 async fn forget_neighbour(ip: &str) {
+    // Most new IPs have no entry: /proc/net/arp (every IPv4 neighbour but
+    // NOARP ones) says so without running `ip`.
+    if let Ok(table) = tokio::fs::read_to_string("/proc/net/arp").await {
+        if !arp_has(&table, ip) {
+            return;
+        }
+    }
     let ip = ip.to_string();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("ip")
@@ -129,6 +140,14 @@ async fn forget_neighbour(ip: &str) {
             tracing::debug!("ip neigh flush: {}", String::from_utf8_lossy(&o.stderr));
         }
     }
+}
+
+/// Whether `/proc/net/arp` text lists `ip`.
+fn arp_has(table: &str, ip: &str) -> bool {
+    table
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().next() == Some(ip))
 }
 
 impl PodManager {
@@ -382,6 +401,7 @@ impl PodManager {
             }
         }
         self.stop(w, grace).await;
+        Self::flush_events(w).await;
         let (ns, name) = (
             str_at(pod, "/metadata/namespace"),
             str_at(pod, "/metadata/name"),
@@ -407,6 +427,7 @@ impl PodManager {
         pod: &Value,
         w: &mut Worker,
     ) -> Result<RunningPod, (String, String, bool)> {
+        let t0 = Instant::now();
         if w.volumes.is_none() {
             match self.setup_volumes(pod) {
                 Ok(v) => w.volumes = Some(v),
@@ -534,6 +555,7 @@ impl PodManager {
             .join("etc-hosts");
         resolved[kobune_cri::pod::ETC_HOSTS_KEY] =
             crate::dns::etc_hosts_value(&resolved, &self.dns, &hosts);
+        let prepared = t0.elapsed();
         let r = match run_pod(&self.cri, &resolved, &self.log_root).await {
             Ok(r) => r,
             Err(e) => {
@@ -593,6 +615,12 @@ impl PodManager {
             w.prober = Some(prober);
         }
         w.resolved = Some(resolved);
+        tracing::debug!(
+            pod = %format!("{}/{}", r.namespace, r.name),
+            prepare_ms = prepared.as_secs_f64() * 1e3,
+            run_ms = (t0.elapsed() - prepared).as_secs_f64() * 1e3,
+            "pod started"
+        );
         Ok(r)
     }
 
@@ -992,6 +1020,7 @@ impl PodManager {
         if w.last_status.as_ref() == Some(&status) {
             return;
         }
+        Self::flush_events(w).await;
         let (ns, name) = (
             str_at(pod, "/metadata/namespace"),
             str_at(pod, "/metadata/name"),
@@ -1174,6 +1203,8 @@ impl PodManager {
         let now = now_rfc3339();
         let dedup = (reason.to_string(), message.to_string());
         if let Some((name, count)) = w.events.get(&dedup).cloned() {
+            // The event must exist before its count is bumped.
+            Self::flush_events(w).await;
             let patch = json!({"count": count + 1, "lastTimestamp": now});
             match self.api.patch_event(ns, &name, &patch).await {
                 Ok(_) => {
@@ -1219,11 +1250,23 @@ impl PodManager {
             "reportingComponent": "kubelet",
             "reportingInstance": self.node,
         });
-        match self.api.create_event(ns, ev).await {
-            Ok(_) => {
-                w.events.insert(dedup, (name, 1));
+        // Written in the background; if that fails, a repeat's patch fails
+        // too and creates the event anew.
+        w.events.insert(dedup, (name, 1));
+        let api = self.api.clone();
+        let (ns, what) = (ns.to_string(), format!("{reason} for {pod_name}"));
+        w.inflight_events.retain(|h| !h.is_finished());
+        w.inflight_events.push(tokio::spawn(async move {
+            if let Err(e) = api.create_event(&ns, ev).await {
+                tracing::debug!("recording event {what} in {ns}: {e}");
             }
-            Err(e) => tracing::debug!("recording event {reason} for {ns}/{pod_name}: {e}"),
+        }));
+    }
+
+    /// Waits for the event writes in flight.
+    async fn flush_events(w: &mut Worker) {
+        for h in w.inflight_events.drain(..) {
+            let _ = h.await;
         }
     }
 
@@ -1403,6 +1446,15 @@ pub fn fmt_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arp_table_lookup() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                 10.42.0.5        0x1         0x2         aa:bb:cc:dd:ee:ff     *        kobune0\n";
+        assert!(arp_has(t, "10.42.0.5"));
+        assert!(!arp_has(t, "10.42.0.50"));
+        assert!(!arp_has(t, "IP"));
+    }
 
     #[test]
     fn durations_print_like_go() {

@@ -4,8 +4,12 @@
 //! Service and an Ingress, and measures with an HTTP/1.1 keep-alive load
 //! generator the request rate and latency straight to the pod IPs (the
 //! baseline), through the ClusterIP and through the Ingress in the same run.
-//! Then it measures how long after a pod is seen Ready the ClusterIP sends
-//! it traffic, over repeated scale-ups from zero.
+//! A peer L7 proxy, nginx started by the bench as a plain process with an
+//! upstream of the same pod IPs, is measured in the same rounds, so the
+//! Ingress is compared with what an established proxy does on the same
+//! machine at the same moment. Then it measures how long after a pod is
+//! seen Ready the ClusterIP sends it traffic, over repeated scale-ups from
+//! zero.
 
 use crate::client::{Conn, Target};
 use crate::{free_port, report, rss_kib, start_server, stop_server, Proc, Stats};
@@ -62,9 +66,22 @@ pub struct NetworkArgs {
     /// The node name of the server's agent.
     #[arg(long, default_value = "kobune-bench")]
     node_name: String,
+    /// The peer L7 proxy measured beside the Ingress: `nginx` (installed
+    /// with apt-get when missing) or `none`.
+    #[arg(long, value_enum, default_value_t = Peer::Nginx)]
+    peer: Peer,
+    /// nginx `worker_processes` values, one measured path each.
+    #[arg(long, value_delimiter = ',', default_value = "1,auto")]
+    nginx_workers: Vec<String>,
     /// Write/replace the network section in this markdown file.
     #[arg(long, num_args = 0..=1, default_missing_value = "BENCHMARKS.md")]
     pub markdown: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Peer {
+    Nginx,
+    None,
 }
 
 /// CPU time (clock ticks) spent while a path was measured.
@@ -76,6 +93,8 @@ pub struct Cpu {
     pub kobune: u64,
     /// This process (the load generator).
     pub loadgen: u64,
+    /// The peer proxy measured (nginx master and workers), if any.
+    pub peer: u64,
     pub tck: u64,
 }
 
@@ -84,13 +103,14 @@ impl Cpu {
         self.machine += o.machine;
         self.kobune += o.kobune;
         self.loadgen += o.loadgen;
+        self.peer += o.peer;
         self.tck = o.tck;
     }
 }
 
 /// One path over all rounds.
 pub struct PathRun {
-    pub name: &'static str,
+    pub name: String,
     /// Every latency of every round, and the summed measuring time.
     pub stats: Stats,
     pub errors: u64,
@@ -104,15 +124,21 @@ pub struct PathRun {
 }
 
 impl PathRun {
-    /// CPU microseconds per request: (machine, kobune, load generator).
-    pub fn cpu_us(&self) -> (f64, f64, f64) {
+    /// CPU microseconds per request: (machine, kobune, load generator,
+    /// peer proxy).
+    pub fn cpu_us(&self) -> (f64, f64, f64, f64) {
         let n = self.stats.lat.len().max(1) as f64;
         let us = |t: u64| t as f64 / self.cpu.tck.max(1) as f64 * 1e6 / n;
         (
             us(self.cpu.machine),
             us(self.cpu.kobune),
             us(self.cpu.loadgen),
+            us(self.cpu.peer),
         )
+    }
+
+    fn is_peer(&self) -> bool {
+        self.name.starts_with(PEER)
     }
 }
 
@@ -156,7 +182,13 @@ impl Results {
     /// A path's throughput relative to direct: the median over rounds of
     /// the ratio within each round.
     fn ratio(&self, name: &str) -> f64 {
-        let (Some(p), Some(d)) = (self.path(name), self.path(DIRECT)) else {
+        self.ratio_to(name, DIRECT)
+    }
+
+    /// `name`'s throughput relative to `base`'s, the median of the
+    /// per-round ratios.
+    fn ratio_to(&self, name: &str, base: &str) -> f64 {
+        let (Some(p), Some(d)) = (self.path(name), self.path(base)) else {
             return f64::NAN;
         };
         median(p.rounds.iter().zip(&d.rounds).map(|(a, b)| a / b).collect())
@@ -164,6 +196,9 @@ impl Results {
 }
 
 const DIRECT: &str = "direct to pod IPs";
+const INGRESS: &str = "Ingress";
+/// The names of the peer proxy's paths start with this.
+const PEER: &str = "nginx (peer L7 proxy)";
 
 // ------------------------------------------------------------------ server
 
@@ -172,6 +207,8 @@ struct Server {
     target: Target,
     pid: u32,
     ingress_port: u16,
+    /// The server's work directory (the peer proxy's go beside its data).
+    dir: PathBuf,
 }
 
 impl Server {
@@ -200,6 +237,7 @@ impl Server {
             target: Target::from_data_dir(&data, addr)?,
             pid,
             ingress_port: http,
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -368,11 +406,39 @@ fn machine_busy_ticks() -> u64 {
     f.iter().take(8).sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
 }
 
-fn cpu_now(kobune: Option<u32>) -> Cpu {
+/// The children of `pid` (nginx's workers), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            // Field 4 (ppid) is the second after the command's ')'.
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// CPU ticks of a process and its children (an nginx master and workers).
+fn tree_ticks(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(children(pid))
+        .filter_map(|p| crate::cpu_ticks(p).ok())
+        .sum()
+}
+
+fn cpu_now(kobune: Option<u32>, peer: Option<u32>) -> Cpu {
     Cpu {
         machine: machine_busy_ticks(),
         kobune: kobune.and_then(|p| crate::cpu_ticks(p).ok()).unwrap_or(0),
         loadgen: crate::cpu_ticks(std::process::id()).unwrap_or(0),
+        peer: peer.map(tree_ticks).unwrap_or(0),
         tck: crate::clk_tck(),
     }
 }
@@ -395,6 +461,7 @@ async fn load(
     connections: usize,
     duration: Duration,
     kobune: Option<u32>,
+    peer: Option<u32>,
 ) -> Result<LoadRun> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -443,12 +510,12 @@ async fn load(
     tokio::time::sleep(Duration::from_secs(1)).await;
     errors.store(0, Ordering::SeqCst);
     measuring.store(true, Ordering::SeqCst);
-    let cpu0 = cpu_now(kobune);
+    let cpu0 = cpu_now(kobune, peer);
     let start = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::SeqCst);
     let elapsed = start.elapsed();
-    let cpu1 = cpu_now(kobune);
+    let cpu1 = cpu_now(kobune, peer);
     let mut lat = vec![];
     let mut first_pods = vec![];
     for t in tasks {
@@ -463,6 +530,7 @@ async fn load(
             machine: cpu1.machine.saturating_sub(cpu0.machine),
             kobune: cpu1.kobune.saturating_sub(cpu0.kobune),
             loadgen: cpu1.loadgen.saturating_sub(cpu0.loadgen),
+            peer: cpu1.peer.saturating_sub(cpu0.peer),
             tck: cpu1.tck,
         },
         first_pods,
@@ -603,6 +671,184 @@ async fn ready_to_traffic(t: &Target, vip: SocketAddr, n: usize) -> Result<(Stat
     Ok((Stats::new(lat, Duration::ZERO), early))
 }
 
+// ------------------------------------------------------------------ peer proxy
+
+fn quiet(cmd: &mut std::process::Command) -> bool {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The nginx binary; installs the Debian package first when it is missing.
+fn ensure_nginx() -> Result<PathBuf> {
+    let installed = || quiet(std::process::Command::new("dpkg").args(["-s", "nginx"]));
+    if !installed() {
+        eprintln!("[network] nginx (the peer proxy) is not installed: apt-get install -y nginx");
+        let status = std::process::Command::new("apt-get")
+            .args(["install", "-y", "nginx"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::io::stderr())
+            .status()
+            .context("running apt-get")?;
+        if !status.success() || !installed() {
+            bail!("apt-get install -y nginx failed ({status})");
+        }
+    }
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("the nginx package is installed but no nginx binary was found"))
+}
+
+/// "nginx/1.22.1", as `nginx -v` says.
+fn nginx_version() -> String {
+    std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let t = String::from_utf8_lossy(&o.stderr).into_owned();
+            t.split_whitespace().last().map(str::to_string)
+        })
+        .unwrap_or_else(|| "nginx".into())
+}
+
+/// nginx's configuration: one server on 127.0.0.1:`port` proxying every
+/// request to `pods` round robin over kept-alive upstream connections,
+/// with the headers the Ingress sets, and nothing written per request.
+fn nginx_conf(port: u16, workers: &str, pods: &[SocketAddr]) -> String {
+    let mut servers = String::new();
+    for p in pods {
+        let _ = writeln!(servers, "        server {p};");
+    }
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes {workers};
+pid nginx.pid;
+error_log error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    upstream webapp {{
+{servers}        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://webapp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Port $server_port;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// An nginx the bench started (master in the foreground, `daemon off`).
+struct Nginx {
+    proc: Option<Proc>,
+    pid: u32,
+    addr: SocketAddr,
+    name: String,
+}
+
+impl Nginx {
+    async fn start(bin: &Path, dir: &Path, workers: &str, pods: &[SocketAddr]) -> Result<Nginx> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let port = free_port()?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(port, workers, pods))?;
+        let mut cmd = std::process::Command::new(bin);
+        let prefix = format!("{}/", dir.display());
+        cmd.args(["-p", &prefix])
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"));
+        let proc = crate::spawn_logged(cmd, &dir.join("nginx.out"))?;
+        let pid = proc.child.id();
+        let mut n = Nginx {
+            proc: Some(proc),
+            pid,
+            addr: format!("127.0.0.1:{port}").parse()?,
+            name: format!("{PEER}, worker_processes {workers}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = open(n.addr).await {
+                if get(&mut s, HOST).await.is_ok() {
+                    break;
+                }
+            }
+            let exited = n.proc.as_mut().map(|p| p.child.try_wait());
+            if let Some(Ok(Some(st))) = exited {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                bail!("nginx exited ({st}): {}", log.trim());
+            }
+            if Instant::now() > deadline {
+                n.stop().await;
+                bail!("nginx did not answer on {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "[network] {} on {} (master {pid}, workers {:?})",
+            n.name,
+            n.addr,
+            children(pid)
+        );
+        Ok(n)
+    }
+
+    /// Fast shutdown (TERM) of the master, which stops its workers; any
+    /// worker still there after 10 s is killed.
+    async fn stop(mut self) {
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
+        let workers = children(self.pid);
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !matches!(p.child.try_wait(), Ok(Some(_))) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(p);
+        for w in workers {
+            let comm = std::fs::read_to_string(format!("/proc/{w}/comm")).unwrap_or_default();
+            if comm.starts_with("nginx") {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &w.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ run
 
 pub async fn run(a: &NetworkArgs, kobune: &Path, root: &Path) -> Result<Results> {
@@ -727,17 +973,69 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
     .await?;
 
     let duration = Duration::from_secs(a.duration_secs);
-    let targets = [
-        (DIRECT, pods.clone(), "direct"),
-        ("ClusterIP", vec![web_vip], "clusterip"),
-        ("Ingress", vec![ingress], HOST),
+    let mut peers: Vec<Nginx> = vec![];
+    if a.peer == Peer::Nginx {
+        match ensure_nginx() {
+            Ok(bin) => {
+                for w in &a.nginx_workers {
+                    let dir = server.dir.join(format!("nginx-{w}"));
+                    match Nginx::start(&bin, &dir, w, &pods).await {
+                        Ok(n) => peers.push(n),
+                        Err(e) => eprintln!(
+                            "[network] nginx with worker_processes {w} did not start, measured without it: {e:#}"
+                        ),
+                    }
+                }
+            }
+            Err(e) => eprintln!(
+                "[network] no peer proxy (nginx) in this run: {e:#}; install the Debian package nginx, or pass --peer none"
+            ),
+        }
+    }
+    let mut targets: Vec<(String, Vec<SocketAddr>, &str, Option<u32>)> = vec![
+        (DIRECT.into(), pods.clone(), "direct", None),
+        ("ClusterIP".into(), vec![web_vip], "clusterip", None),
+        (INGRESS.into(), vec![ingress], HOST, None),
     ];
+    for n in &peers {
+        targets.push((n.name.clone(), vec![n.addr], HOST, Some(n.pid)));
+    }
+    let measured = rounds(a, server, &targets, duration).await;
+    for n in peers {
+        n.stop().await;
+    }
+    let paths = measured?;
+    let server_rss_mib = rss_kib(server.pid).unwrap_or(0) as f64 / 1024.0;
+    eprintln!(
+        "[network] {} scale-ups 0 -> 1 behind a ClusterIP",
+        a.scale_ups
+    );
+    let (ready_to_traffic, early) = ready_to_traffic(t, flip_vip, a.scale_ups).await?;
+    Ok(Results {
+        pods: a.pods,
+        connections: a.connections,
+        duration,
+        rounds: a.rounds.max(1),
+        paths,
+        ready_to_traffic,
+        early,
+        server_rss_mib,
+    })
+}
+
+/// Every path in turn, `a.rounds` times.
+async fn rounds(
+    a: &NetworkArgs,
+    server: &Server,
+    targets: &[(String, Vec<SocketAddr>, &str, Option<u32>)],
+    duration: Duration,
+) -> Result<Vec<PathRun>> {
     // Pod hostnames in the order of `pods`, for the spread of connections.
     let mut pod_names: Vec<String> = vec![];
     let mut paths: Vec<PathRun> = targets
         .iter()
-        .map(|(name, _, _)| PathRun {
-            name,
+        .map(|(name, _, _, _)| PathRun {
+            name: name.clone(),
             stats: Stats::new(vec![], Duration::ZERO),
             errors: 0,
             rounds: vec![],
@@ -748,7 +1046,7 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
     let mut lat: Vec<Vec<Duration>> = vec![vec![]; targets.len()];
     let mut elapsed = vec![Duration::ZERO; targets.len()];
     for round in 0..a.rounds.max(1) {
-        for (i, (name, addrs, host)) in targets.iter().enumerate() {
+        for (i, (name, addrs, host, peer)) in targets.iter().enumerate() {
             eprintln!(
                 "[network] round {}/{}: {name}: {} connections for {} s",
                 round + 1,
@@ -756,7 +1054,15 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
                 a.connections,
                 a.duration_secs
             );
-            let run = load(addrs, host, a.connections, duration, Some(server.pid)).await?;
+            let run = load(
+                addrs,
+                host,
+                a.connections,
+                duration,
+                Some(server.pid),
+                *peer,
+            )
+            .await?;
             eprintln!(
                 "  {:.0} requests/s, {} errors",
                 run.stats.rate(),
@@ -786,22 +1092,7 @@ async fn steps(a: &NetworkArgs, server: &Server) -> Result<Results> {
     for (i, l) in lat.into_iter().enumerate() {
         paths[i].stats = Stats::new(l, elapsed[i]);
     }
-    let server_rss_mib = rss_kib(server.pid).unwrap_or(0) as f64 / 1024.0;
-    eprintln!(
-        "[network] {} scale-ups 0 -> 1 behind a ClusterIP",
-        a.scale_ups
-    );
-    let (ready_to_traffic, early) = ready_to_traffic(t, flip_vip, a.scale_ups).await?;
-    Ok(Results {
-        pods: a.pods,
-        connections: a.connections,
-        duration,
-        rounds: a.rounds.max(1),
-        paths,
-        ready_to_traffic,
-        early,
-        server_rss_mib,
-    })
+    Ok(paths)
 }
 
 // ------------------------------------------------------------------ report
@@ -816,6 +1107,7 @@ const PATH_HDR: &[&str] = &[
     "throughput vs direct",
     "CPU us/request: machine",
     "kobune",
+    "nginx",
     "load generator",
     "connections per pod",
 ];
@@ -834,8 +1126,8 @@ fn rows(r: &Results) -> Vec<Vec<String>> {
     r.paths
         .iter()
         .map(|p| {
-            let (machine, kobune, loadgen) = p.cpu_us();
-            let spread = if p.name == "Ingress" {
+            let (machine, kobune, loadgen, peer) = p.cpu_us();
+            let spread = if p.name == INGRESS || p.is_peer() {
                 "per request".to_string()
             } else {
                 p.spread
@@ -845,8 +1137,8 @@ fn rows(r: &Results) -> Vec<Vec<String>> {
                     .join("/")
             };
             vec![
-                p.name.to_string(),
-                format!("{:.0}", r.rate(p.name).unwrap_or(f64::NAN)),
+                p.name.clone(),
+                format!("{:.0}", r.rate(&p.name).unwrap_or(f64::NAN)),
                 p.rounds
                     .iter()
                     .map(|x| format!("{x:.0}"))
@@ -855,12 +1147,41 @@ fn rows(r: &Results) -> Vec<Vec<String>> {
                 ms(p.stats.pct(50.0)),
                 ms(p.stats.pct(99.0)),
                 p.errors.to_string(),
-                format!("{:.0}%", r.ratio(p.name) * 100.0),
+                format!("{:.0}%", r.ratio(&p.name) * 100.0),
                 format!("{machine:.1}"),
                 format!("{kobune:.1}"),
+                if p.is_peer() {
+                    format!("{peer:.1}")
+                } else {
+                    "-".into()
+                },
                 format!("{loadgen:.1}"),
                 spread,
             ]
+        })
+        .collect()
+}
+
+/// The Ingress against each peer proxy path: throughput (median of the
+/// per-round ratios) and the proxy's own CPU per request.
+pub fn peer_lines(r: &Results) -> Vec<String> {
+    let Some(ing) = r.path(INGRESS) else {
+        return vec![];
+    };
+    let ing_us = ing.cpu_us().1;
+    r.paths
+        .iter()
+        .filter(|p| p.is_peer())
+        .map(|p| {
+            let peer_us = p.cpu_us().3;
+            format!(
+                "kobune Ingress vs {}: {:.0}% of its requests/s ({:.0}% of direct against its {:.0}%); proxy CPU per request: kobune {ing_us:.1} us, nginx {peer_us:.1} us ({:.2}x)",
+                p.name,
+                r.ratio_to(INGRESS, &p.name) * 100.0,
+                r.ratio(INGRESS) * 100.0,
+                r.ratio(&p.name) * 100.0,
+                ing_us / peer_us,
+            )
         })
         .collect()
 }
@@ -869,7 +1190,7 @@ fn rows(r: &Results) -> Vec<Vec<String>> {
 pub fn targets(r: &Results) -> Vec<String> {
     let verdict = |ok: bool| if ok { "**MET**" } else { "**NOT MET**" };
     let mut out = vec![];
-    for (name, target) in [("Ingress", INGRESS_TARGET), ("ClusterIP", CLUSTERIP_TARGET)] {
+    for (name, target) in [(INGRESS, INGRESS_TARGET), ("ClusterIP", CLUSTERIP_TARGET)] {
         let ratio = r.ratio(name);
         out.push(format!(
             "{name} throughput >= {:.0}% of direct: {:.0}% {}",
@@ -908,6 +1229,9 @@ pub fn text(r: &Results) -> String {
     for l in targets(r) {
         let _ = writeln!(out, "  - {}", l.replace("**", ""));
     }
+    for l in peer_lines(r) {
+        let _ = writeln!(out, "  - {l}");
+    }
     out
 }
 
@@ -933,7 +1257,7 @@ pub fn markdown(
     let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
     let _ = writeln!(
         out,
-        "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections (opened once, reused for every request, on every path) sends `GET /` back to back. {} rounds; each round measures direct, ClusterIP and Ingress in turn for {} s each (after 1 s of warm-up), so drifts of the shared machine hit all three; requests/s is the median of the rounds and \"vs direct\" the median of the per-round ratios. Direct: connection i goes to pod i mod {}. CPU per request is busy CPU time over the measured seconds (machine: all processes and the kernel, from /proc/stat; kobune and the load generator from their /proc/PID/stat) divided by the requests answered; the rest of the machine's share is mostly the web app pods. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",
+        "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections (opened once, reused for every request, on every path) sends `GET /` back to back. {} rounds; each round measures direct, ClusterIP, Ingress and the peer proxy's paths in turn for {} s each (after 1 s of warm-up), so drifts of the shared machine hit all of them alike; requests/s is the median of the rounds and \"vs direct\" the median of the per-round ratios. Direct: connection i goes to pod i mod {}. CPU per request is busy CPU time over the measured seconds (machine: all processes and the kernel, from /proc/stat; kobune and the load generator from their /proc/PID/stat) divided by the requests answered; the rest of the machine's share is mostly the web app pods. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",
         r.pods,
         r.connections,
         r.rounds,
@@ -945,6 +1269,18 @@ pub fn markdown(
     let _ = writeln!(out, "### Targets from the issue\n");
     for l in targets(r) {
         let _ = writeln!(out, "- {l}");
+    }
+    let peers = peer_lines(r);
+    if !peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### The Ingress against a peer L7 proxy\n\n\
+             {}, started by the bench as a plain process (`daemon off`, `access_log off`) with an `upstream` of the same pod IPs (`keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, the Ingress's Host and X-Forwarded-* headers), listening on 127.0.0.1 and measured in the same rounds with the same load generator; its CPU is its master's and workers' from /proc.\n",
+            nginx_version()
+        );
+        for l in &peers {
+            let _ = writeln!(out, "- {l}");
+        }
     }
     let _ = writeln!(out, "\n### Throughput and latency by path\n");
     report::md_table(&mut out, PATH_HDR, &rows(r));
@@ -985,8 +1321,8 @@ mod tests {
     }
 
     fn results(direct: usize, cip: usize, ing: usize) -> Results {
-        let run = |name, n| PathRun {
-            name,
+        let run = |name: &str, n| PathRun {
+            name: name.to_string(),
             stats: stats(&vec![1; n], 1),
             errors: 0,
             rounds: vec![n as f64],
@@ -994,6 +1330,7 @@ mod tests {
                 machine: 200,
                 kobune: 50,
                 loadgen: 100,
+                peer: 40,
                 tck: 100,
             },
             spread: vec![1, 3],
@@ -1047,7 +1384,7 @@ mod tests {
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
         // 2 s of machine CPU over 90 requests: 22222 us each.
         assert!(
-            md.contains("| Ingress | 90 | 90 | 1.00 | 1.00 | 0 | 90% | 22222.2 | 5555.6 | 11111.1 | per request |"),
+            md.contains("| Ingress | 90 | 90 | 1.00 | 1.00 | 0 | 90% | 22222.2 | 5555.6 | - | 11111.1 | per request |"),
             "{md}"
         );
         assert!(md.contains("| ClusterIP | 100 | 100 |"), "{md}");
@@ -1062,6 +1399,58 @@ mod tests {
         assert_eq!(text.matches(BEGIN).count(), 1);
         assert!(text.starts_with("# B\n\nintro\n"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_peer_proxy_is_compared_with_the_ingress() {
+        let mut r = results(100, 100, 45);
+        assert!(peer_lines(&r).is_empty());
+        let mut peer = results(100, 100, 50).paths.remove(2);
+        peer.name = format!("{PEER}, worker_processes 1");
+        r.paths.push(peer);
+        let lines = peer_lines(&r);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        // 45 vs 50 requests/s; kobune 50 ticks over 45 requests, nginx 40 over 50.
+        assert!(
+            lines[0].contains(
+                "worker_processes 1: 90% of its requests/s (45% of direct against its 50%)"
+            ) && lines[0].contains("kobune 11111.1 us, nginx 8000.0 us (1.39x)"),
+            "{lines:?}"
+        );
+        let md = markdown(&r, "0.5", chrono::Utc::now(), Duration::from_secs(3));
+        assert!(
+            md.contains("### The Ingress against a peer L7 proxy"),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!(
+                "| {PEER}, worker_processes 1 | 50 | 50 | 1.00 | 1.00 | 0 | 50% | 40000.0 | 10000.0 | 8000.0 | 20000.0 | per request |"
+            )),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn nginx_configuration() {
+        let pods: Vec<SocketAddr> = vec![
+            "10.42.0.5:8080".parse().unwrap(),
+            "10.42.0.6:8080".parse().unwrap(),
+        ];
+        let c = nginx_conf(4321, "auto", &pods);
+        for want in [
+            "daemon off;",
+            "worker_processes auto;",
+            "access_log off;",
+            "server 10.42.0.5:8080;\n        server 10.42.0.6:8080;",
+            "keepalive 64;",
+            "listen 127.0.0.1:4321;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "pid nginx.pid;",
+        ] {
+            assert!(c.contains(want), "{want} in {c}");
+        }
+        assert_eq!(c.matches('{').count(), c.matches('}').count());
     }
 
     #[test]
@@ -1088,10 +1477,8 @@ mod tests {
         assert!(!pod_ready(&json!({"status": {}})));
     }
 
-    /// The load generator against a local HTTP/1.1 server: every request
-    /// answered, none failed, latencies recorded.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn load_generator_counts_requests() {
+    /// A minimal keep-alive web app on 127.0.0.1 answering "webapp v1 test".
+    async fn webapp() -> SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1122,7 +1509,15 @@ mod tests {
                 });
             }
         });
-        let run = load(&[addr], "x", 3, Duration::from_millis(300), None)
+        addr
+    }
+
+    /// The load generator against a local HTTP/1.1 server: every request
+    /// answered, none failed, latencies recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_generator_counts_requests() {
+        let addr = webapp().await;
+        let run = load(&[addr], "x", 3, Duration::from_millis(300), None, None)
             .await
             .unwrap();
         assert_eq!(run.errors, 0);
@@ -1134,9 +1529,53 @@ mod tests {
         let dead: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
-        let run = load(&[dead], "x", 1, Duration::from_millis(200), None)
+        let run = load(&[dead], "x", 1, Duration::from_millis(200), None, None)
             .await
             .unwrap();
         assert!(run.stats.lat.is_empty() && run.errors > 0);
+    }
+
+    /// nginx as the bench starts it, in front of two local web apps: it
+    /// answers through its upstream, its CPU is counted, and stopping it
+    /// leaves no master or worker behind. Needs the nginx package (the
+    /// bench installs it; this test does not).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nginx_peer_proxies_and_stops() {
+        let Some(bin) = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        else {
+            eprintln!("nginx is not installed: skipped");
+            return;
+        };
+        let pods = vec![webapp().await, webapp().await];
+        let dir = std::env::temp_dir().join(format!("kobune-bench-nginx-{}", std::process::id()));
+        let n = Nginx::start(&bin, &dir, "2", &pods).await.unwrap();
+        let (pid, addr) = (n.pid, n.addr);
+        let workers = children(pid);
+        assert_eq!(workers.len(), 2, "{workers:?}");
+        let run = load(
+            &[addr],
+            HOST,
+            4,
+            Duration::from_millis(500),
+            None,
+            Some(pid),
+        )
+        .await
+        .unwrap();
+        assert_eq!(run.errors, 0);
+        assert!(run.stats.lat.len() > 50, "{}", run.stats.lat.len());
+        assert!(run.cpu.peer > 0, "{:?}", run.cpu);
+        n.stop().await;
+        for p in std::iter::once(pid).chain(workers) {
+            assert!(
+                !Path::new(&format!("/proc/{p}")).exists(),
+                "nginx process {p} is still there"
+            );
+        }
+        assert!(TcpStream::connect(addr).await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -795,6 +795,76 @@ pub struct Latencies {
     what: String,
     pods: usize,
     stats: Stats,
+    /// CPU time the node spent per pod (see [`NodeCpu`]).
+    cpu_per_pod: Option<Duration>,
+}
+
+const CPUACCT: &str = "/sys/fs/cgroup/cpuacct";
+
+/// CPU time the node spends on pods, from cgroup v1 `cpuacct`: the bench
+/// moves itself into a group of its own before it starts the server, so the
+/// server, containerd, the shims, runc and the CNI plugins are charged
+/// there; the containers (runc init, pause, the app) are charged to
+/// containerd's `k8s.io` group. The bench's own CPU is left out. Unlike
+/// latencies, this hardly depends on what else the machine runs.
+struct NodeCpu {
+    group: PathBuf,
+}
+
+impl NodeCpu {
+    /// `None` without cgroup v1 `cpuacct` (or the right to use it).
+    fn enter() -> Option<NodeCpu> {
+        let root = Path::new(CPUACCT);
+        if !root.join("cpuacct.usage").exists() {
+            return None;
+        }
+        let group = root.join(format!("kobune-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&group).ok()?;
+        let me = NodeCpu { group };
+        std::fs::write(
+            me.group.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .ok()?;
+        Some(me)
+    }
+
+    /// CPU used so far by the group and by the containers, minus the bench.
+    fn used(&self) -> Option<Duration> {
+        let read = |p: &Path| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+        let group = read(&self.group.join("cpuacct.usage"))?;
+        let pods = read(&Path::new(CPUACCT).join("k8s.io/cpuacct.usage")).unwrap_or(0);
+        Some(Duration::from_nanos(group + pods).saturating_sub(own_cpu()))
+    }
+}
+
+impl Drop for NodeCpu {
+    fn drop(&mut self) {
+        let root = Path::new(CPUACCT).join("cgroup.procs");
+        let _ = std::fs::write(root, std::process::id().to_string());
+        // Fails (and stays) while a leftover process is still inside.
+        let _ = std::fs::remove_dir(&self.group);
+    }
+}
+
+/// This process's CPU time (user + system) from /proc/self/stat.
+fn own_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 2).then(|| f[0] + f[1])
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
 }
 
 pub struct ContainerdRun {
@@ -819,15 +889,18 @@ async fn delete_all_pods(t: &Target, watch: &PodWatch, timeout: Duration) -> Res
         .await
 }
 
-/// Starts each pod, waits for Ready, and returns create → Ready latencies.
+/// Starts each pod, waits for Ready, and returns create → Ready latencies
+/// and the node's CPU time from the first create to the last Ready.
 async fn start_pods(
     t: &Target,
     watch: &PodWatch,
     names: Vec<(String, Bytes)>,
     timeout: Duration,
-) -> Result<Vec<Duration>> {
+    cpu: Option<&NodeCpu>,
+) -> Result<(Vec<Duration>, Option<Duration>)> {
     let want: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
     let n = names.len();
+    let cpu0 = cpu.and_then(NodeCpu::used);
     let (_, _, sent) = create_pods(t, NS, names, n).await?;
     let w = want.clone();
     watch
@@ -836,11 +909,16 @@ async fn start_pods(
                 .all(|n| s.pods.get(n).is_some_and(|p| p.ready_at.is_some()))
         })
         .await?;
-    Ok(watch.with(|s| {
+    let used = match (cpu0, cpu.and_then(NodeCpu::used)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let lat = watch.with(|s| {
         want.iter()
             .map(|n| s.pods[n].ready_at.expect("ready") - sent[n])
             .collect()
-    }))
+    });
+    Ok((lat, used))
 }
 
 async fn deployment_done(c: &mut Conn, name: &str, replicas: usize) -> Result<bool> {
@@ -867,8 +945,12 @@ async fn containerd_run(a: &WorkloadArgs, kobune: &Path, dir: &Path) -> Result<C
         a.node_name.clone(),
         "--disable-ingress".into(),
     ];
+    let cpu = NodeCpu::enter();
+    if cpu.is_none() {
+        eprintln!("  (no cgroup v1 cpuacct: node CPU per pod not measured)");
+    }
     let server = Server::start(kobune, dir, &extra).await?;
-    let result = containerd_steps(a, &server, timeout).await;
+    let result = containerd_steps(a, &server, timeout, cpu.as_ref()).await;
     // Leave nothing running in containerd, whatever happened above.
     if let Ok(w) = PodWatch::open(&server.target, NS).await {
         let mut c = server.target.connect().await?;
@@ -883,6 +965,7 @@ async fn containerd_run(a: &WorkloadArgs, kobune: &Path, dir: &Path) -> Result<C
         let _ = delete_all_pods(&server.target, &w, Duration::from_secs(60)).await;
     }
     server.stop().await;
+    drop(cpu);
     result
 }
 
@@ -890,41 +973,55 @@ async fn containerd_steps(
     a: &WorkloadArgs,
     server: &Server,
     timeout: Duration,
+    cpu: Option<&NodeCpu>,
 ) -> Result<ContainerdRun> {
     let t = &server.target;
     wait_nodes(t, 1, true, timeout).await?;
     create_namespace(t, NS).await?;
     let watch = PodWatch::open(t, NS).await?;
     // One pod warms the image and the node up; it is not measured.
-    start_pods(t, &watch, bare_pods("warm", 1, &a.image), timeout).await?;
+    start_pods(t, &watch, bare_pods("warm", 1, &a.image), timeout, None).await?;
     delete_all_pods(t, &watch, timeout).await?;
 
     eprintln!("  {} single pods", a.single_runs);
     let mut lat = vec![];
+    let mut single_cpu = Some(Duration::ZERO);
     for i in 0..a.single_runs {
-        lat.extend(
-            start_pods(
-                t,
-                &watch,
-                bare_pods(&format!("one{i}"), 1, &a.image),
-                timeout,
-            )
-            .await?,
-        );
+        let (l, used) = start_pods(
+            t,
+            &watch,
+            bare_pods(&format!("one{i}"), 1, &a.image),
+            timeout,
+            cpu,
+        )
+        .await?;
+        lat.extend(l);
+        single_cpu = single_cpu.zip(used).map(|(a, b)| a + b);
         delete_all_pods(t, &watch, timeout).await?;
     }
     let single = Latencies {
         what: "one pod at a time".into(),
         pods: 1,
         stats: Stats::new(lat, Duration::ZERO),
+        cpu_per_pod: single_cpu
+            .filter(|_| a.single_runs > 0)
+            .map(|c| c / a.single_runs as u32),
     };
     eprintln!("  {} pods at once", a.batch);
-    let lat = start_pods(t, &watch, bare_pods("batch", a.batch, &a.image), timeout).await?;
+    let (lat, used) = start_pods(
+        t,
+        &watch,
+        bare_pods("batch", a.batch, &a.image),
+        timeout,
+        cpu,
+    )
+    .await?;
     delete_all_pods(t, &watch, timeout).await?;
     let batch = Latencies {
         what: format!("{} pods created together", a.batch),
         pods: a.batch,
         stats: Stats::new(lat, Duration::ZERO),
+        cpu_per_pod: used.filter(|_| a.batch > 0).map(|c| c / a.batch as u32),
     };
 
     eprintln!("  scale 1 -> {}", a.replicas);
@@ -1154,7 +1251,14 @@ const DEPLOY_HDR: &[&str] = &[
     "baseline: bare pod creates/s",
     "baseline: bare pods to all Ready s",
 ];
-const STARTUP_HDR: &[&str] = &["run", "samples", "p50 ms", "p99 ms", "max ms"];
+const STARTUP_HDR: &[&str] = &[
+    "run",
+    "samples",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "node CPU ms/pod",
+];
 const OPS_HDR: &[&str] = &["operation", "replicas", "time s"];
 
 fn tables(r: &Results) -> Tables {
@@ -1216,6 +1320,8 @@ fn tables(r: &Results) -> Tables {
                 ms(l.stats.pct(50.0)),
                 ms(l.stats.pct(99.0)),
                 ms(l.stats.pct(100.0)),
+                l.cpu_per_pod
+                    .map_or("-".into(), |c| format!("{:.0}", c.as_secs_f64() * 1e3)),
             ]);
             let _ = l.pods;
         }
@@ -1353,6 +1459,11 @@ pub fn markdown(
         "### Pod startup on containerd (create sent to Ready seen)\n"
     );
     report::md_table(&mut out, STARTUP_HDR, &t.startup);
+    let _ = writeln!(
+        out,
+        "Node CPU: user + system time of the server, containerd, shims, runc, CNI plugins and \
+         the containers from the first create to the last Ready (cgroup v1 cpuacct), per pod.\n"
+    );
     let _ = writeln!(out, "### Scale and rolling update on containerd\n");
     report::md_table(&mut out, OPS_HDR, &t.ops);
     let _ = writeln!(out, "{END}");

@@ -458,7 +458,9 @@ impl Controller {
         // can be neither owned nor adopted (a namespace may hold 100k pods).
         let mut pods: Vec<Arc<Value>> = self.pods.objects_by_index(BY_CONTROLLER, uid(&rs));
         pods.extend(self.pods.objects_by_index(BY_ORPHAN_NAMESPACE, ns));
+        let scan = Instant::now();
         let plan = plan(&rs, &pods, self.expectations.satisfied(key), now_secs());
+        crate::runtime::scanned(scan.elapsed());
         for p in &plan.adopt {
             self.set_owner(p, Some(controller_owner_ref("apps/v1", "ReplicaSet", &rs)))
                 .await?;

@@ -48,11 +48,32 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The pause image definition.
+/// The files the runtime mounts over in every container (CRI's
+/// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`). Shipped empty in the
+/// image, so that starting a container does not create them (and their
+/// directories) in its writable layer: on this disk that is the costliest
+/// part of a container's file system setup.
+fn mount_targets() -> Vec<Entry> {
+    ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+        .into_iter()
+        .map(|p| Entry::file(p, 0o644, Vec::new()))
+        .collect()
+}
+
+/// The pause image definition: the binary, plus the mount points runc
+/// would otherwise create.
 pub fn pause_image() -> ImageDef {
+    let mut entries = vec![
+        Entry::file("/pause", 0o755, PAUSE_BINARY.to_vec()),
+        Entry::dir("/proc", 0o555),
+        Entry::dir("/sys", 0o555),
+        Entry::dir("/dev", 0o755),
+        Entry::dir("/etc", 0o755),
+    ];
+    entries.extend(mount_targets());
     ImageDef {
         name: PAUSE_IMAGE.into(),
-        entries: vec![Entry::file("/pause", 0o755, PAUSE_BINARY.to_vec())],
+        entries,
         entrypoint: Some(vec!["/pause".into()]),
         env: vec![PATH_ENV.into()],
         ..Default::default()
@@ -82,6 +103,7 @@ pub fn busybox_image(busybox: Vec<u8>) -> ImageDef {
             b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
         ),
     ];
+    entries.extend(mount_targets());
     for applet in BUSYBOX_APPLETS {
         entries.push(Entry::symlink(format!("/bin/{applet}"), "busybox"));
     }
@@ -112,7 +134,10 @@ pub fn webapp_image(name: &str, version: &str) -> ImageDef {
                 0o644,
                 b"root:x:0:0:root:/:/webapp\nnobody:x:65534:65534:nobody:/:/webapp\n".to_vec(),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(mount_targets())
+        .collect(),
         entrypoint: Some(vec!["/webapp".into()]),
         cmd: None,
         env: vec![
@@ -618,6 +643,27 @@ mod tests {
         let a = build_archive(&pause_image()).unwrap();
         let b = build_archive(&pause_image()).unwrap();
         assert_eq!(a.manifest_digest, b.manifest_digest);
+    }
+
+    #[test]
+    fn images_carry_the_runtime_mount_targets() {
+        let has = |def: &ImageDef, path: &str| def.entries.iter().any(|e| e.path == path);
+        for def in [
+            pause_image(),
+            busybox_image(b"fake".to_vec()),
+            webapp_image("w", "1"),
+        ] {
+            for p in [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/etc",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+            ] {
+                assert!(has(&def, p), "{} lacks {p}", def.name);
+            }
+        }
     }
 
     #[test]

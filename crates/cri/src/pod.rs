@@ -812,6 +812,7 @@ pub async fn run_pod(cri: &Cri, pod: &Value, log_dir: &Path) -> anyhow::Result<R
     tokio::fs::create_dir_all(&pod_log_dir)
         .await
         .with_context(|| format!("creating {}", pod_log_dir.display()))?;
+    let t0 = std::time::Instant::now();
     let sandbox_id = cri
         .runtime
         .clone()
@@ -833,8 +834,17 @@ pub async fn run_pod(cri: &Cri, pod: &Value, log_dir: &Path) -> anyhow::Result<R
         init_containers: vec![],
         containers: vec![],
     };
+    let sandbox_took = t0.elapsed();
     match start_containers(cri, pod, &sandbox, &mut running).await {
-        Ok(()) => Ok(running),
+        Ok(()) => {
+            tracing::debug!(
+                pod = %format!("{}/{}", running.namespace, running.name),
+                sandbox_ms = sandbox_took.as_secs_f64() * 1e3,
+                containers_ms = (t0.elapsed() - sandbox_took).as_secs_f64() * 1e3,
+                "pod running"
+            );
+            Ok(running)
+        }
         Err(e) => {
             if let Err(e2) = stop_pod(cri, &running, 0).await {
                 tracing::warn!(error = %e2, "cleaning up the sandbox of a failed pod");

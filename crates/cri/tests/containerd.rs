@@ -64,6 +64,12 @@ impl Lab {
             .await
             .expect("start containerd");
         eprintln!("containerd ready in {:?}", t.elapsed());
+        let state = dir.path().join("containerd/state");
+        assert_eq!(
+            fs_type(&state).as_deref(),
+            Some("tmpfs"),
+            "containerd's state is on a tmpfs"
+        );
         let t = Instant::now();
         let imported = import_builtin_images(rt.socket()).await.expect("import");
         eprintln!("imported {imported:?} in {:?}", t.elapsed());
@@ -113,6 +119,16 @@ impl Drop for Lab {
             .args(["link", "del", &self.bridge])
             .output();
     }
+}
+
+/// The file system type mounted exactly at `dir`, per /proc/self/mountinfo.
+fn fs_type(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (Path::new(left.split(' ').nth(4)?) == dir)
+            .then(|| right.split(' ').next().unwrap_or_default().to_string())
+    })
 }
 
 async fn http_get(addr: String) -> std::io::Result<String> {

@@ -26,7 +26,7 @@ use kobune_apiserver::Registry;
 use kobune_controllers::runtime::Informer;
 use routes::{Backend, PortRef, RouteTable};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -72,7 +72,7 @@ struct Infos {
 #[derive(Default)]
 pub struct Snapshot {
     pub routes: RouteTable,
-    pub upstreams: HashMap<Backend, Result<Arc<Vec<SocketAddr>>, Unavailable>>,
+    pub upstreams: h1::FastMap<Backend, Result<Arc<Vec<SocketAddr>>, Unavailable>>,
 }
 
 /// The running controller; shared by the sync task and every connection.
@@ -86,7 +86,7 @@ pub struct Controller {
     secrets: Arc<Informer>,
     snapshot: RwLock<Arc<Snapshot>>,
     pub(crate) certs: Arc<tls::Resolver>,
-    round_robin: Mutex<std::collections::HashMap<Backend, usize>>,
+    round_robin: Mutex<h1::FastMap<Backend, usize>>,
     warned: Mutex<HashSet<String>>,
     /// TLS Secret problems already logged (logged again once fixed and broken).
     tls_warned: Mutex<HashSet<String>>,
@@ -363,7 +363,7 @@ impl Controller {
                 .then_with(|| meta(a, "name").cmp(meta(b, "name")))
         });
         let table = RouteTable::build(&ings);
-        let mut upstreams = HashMap::new();
+        let mut upstreams = h1::FastMap::default();
         for (b, _) in table.backends() {
             upstreams
                 .entry(b)

@@ -111,10 +111,49 @@ struct Upstream {
     since: Instant,
 }
 
+/// A cheap hasher for the maps looked up on every request (endpoint
+/// addresses, backends): their keys come from the cluster's own objects,
+/// not from clients, so SipHash's resistance to chosen keys buys nothing.
+#[derive(Default)]
+pub struct FastHasher(u64);
+
+/// A HashMap with [`FastHasher`].
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        for b in chunks.remainder() {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 /// Idle keep-alive connections to endpoints.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<Upstream>>>,
 }
 
 impl Pool {
@@ -170,9 +209,9 @@ pub enum Outcome {
     Fallback(BytesMut),
 }
 
-/// A request head the fast path takes, already rewritten for upstream.
+/// A request the fast path takes (its head, rewritten for upstream, is in
+/// the connection's head buffer).
 struct Plan<'s> {
-    head: Vec<u8>,
     head_only: bool,
     close: bool,
     endpoints: &'s [SocketAddr],
@@ -187,19 +226,37 @@ fn is_token(list: &[u8], token: &str) -> bool {
 
 /// Whether a header is hop-by-hop: listed, or named by a Connection header.
 fn hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    // Most headers are none of them: their length alone says so.
+    let listed = matches!(name.len(), 2 | 7 | 10 | 16 | 17 | 18)
+        && HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h));
+    listed
         || named.iter().any(|c| {
             c.split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
         })
 }
 
+/// The X-Forwarded-* headers that are the same for every request of a
+/// client connection (all but X-Forwarded-Host), built once per connection.
+fn forwarded(conn: &super::proxy::Conn) -> Vec<u8> {
+    let ip = conn.remote.ip();
+    format!(
+        "x-forwarded-for: {ip}\r\nx-real-ip: {ip}\r\nx-forwarded-proto: {}\r\nx-forwarded-port: {}\r\n",
+        if conn.https { "https" } else { "http" },
+        conn.port
+    )
+    .into_bytes()
+}
+
 /// Decides whether the fast path takes a parsed request, and if so builds
-/// the upstream head. None: hand the request to hyper.
+/// the upstream head in `head` (`fwd` is the connection's [`forwarded`]).
+/// None: hand the request to hyper.
 fn plan<'s>(
     req: &httparse::Request<'_, '_>,
     snap: &'s super::Snapshot,
     conn: &super::proxy::Conn,
+    fwd: &[u8],
+    head: &mut Vec<u8>,
 ) -> Option<Plan<'s>> {
     let method = req.method?;
     let head_only = match method {
@@ -235,7 +292,13 @@ fn plan<'s>(
     }
     let authority = std::str::from_utf8(authority?).ok()?.trim();
     let close = connection.iter().any(|c| is_token(c, "close"));
-    let host = super::proxy::strip_port(authority);
+    let host = super::proxy::host_part(authority);
+    // Lowercase already (as browsers and most clients send it): no copy.
+    let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let (backend, ingress) = snap.routes.find(&host, path)?;
     if !conn.https && ingress.settings.ssl_redirect && ingress.has_tls_for(&host) {
@@ -245,7 +308,7 @@ fn plan<'s>(
         Some(Ok(e)) if !e.is_empty() => e.as_slice(),
         _ => return None,
     };
-    let mut head = Vec::with_capacity(512);
+    head.clear();
     head.extend_from_slice(method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -262,16 +325,14 @@ fn plan<'s>(
         head.extend_from_slice(h.value);
         head.extend_from_slice(b"\r\n");
     }
-    use std::io::Write as _;
-    let ip = conn.remote.ip();
-    let _ = write!(
-        head,
-        "host: {authority}\r\nx-forwarded-for: {ip}\r\nx-real-ip: {ip}\r\nx-forwarded-proto: {}\r\nx-forwarded-host: {authority}\r\nx-forwarded-port: {}\r\n\r\n",
-        if conn.https { "https" } else { "http" },
-        conn.port
-    );
+    head.extend_from_slice(b"host: ");
+    head.extend_from_slice(authority.as_bytes());
+    head.extend_from_slice(b"\r\nx-forwarded-host: ");
+    head.extend_from_slice(authority.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(fwd);
+    head.extend_from_slice(b"\r\n");
     Some(Plan {
-        head,
         head_only,
         close,
         endpoints,
@@ -289,10 +350,9 @@ enum Framing {
     Close,
 }
 
-/// A parsed upstream response head: what goes to the client and how the
-/// body is framed.
+/// A parsed upstream response head (what goes to the client is in the
+/// connection's output buffer) and how the body is framed.
 struct RespHead {
-    out: Vec<u8>,
     framing: Framing,
     keep_alive: bool,
     len: usize,
@@ -300,8 +360,13 @@ struct RespHead {
 
 /// Parses a response head in `buf`: Ok(None) when incomplete, Ok(Some(_))
 /// for a final response (1xx ones are skipped by the caller), Err when
-/// malformed.
-fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(u16, Option<RespHead>)>, ()> {
+/// malformed. The head for the client (without the final empty line) is
+/// written to `out`.
+fn parse_response(
+    buf: &[u8],
+    head_only: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<(u16, Option<RespHead>)>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -355,13 +420,17 @@ fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(u16, Option<Res
     let keep_alive = resp.version == Some(1)
         && !connection.iter().any(|c| is_token(c, "close"))
         && framing != Framing::Close;
-    let mut out = Vec::with_capacity(len + 64);
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {code} {}\r\n",
-        resp.reason.unwrap_or_default()
-    );
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes three-digit codes only.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         if hop_by_hop(h.name, &connection) {
             continue;
@@ -377,7 +446,6 @@ fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(u16, Option<Res
     Ok(Some((
         code,
         Some(RespHead {
-            out,
             framing,
             keep_alive,
             len,
@@ -499,11 +567,22 @@ fn simple(code: u16, reason: &str, msg: &str, close: bool) -> Vec<u8> {
 
 /// Sends the head and reads the final response head. Err(true): nothing
 /// came back (the request may be sent again); Err(false): a broken answer.
-async fn exchange(u: &mut Upstream, head: &[u8], head_only: bool) -> Result<RespHead, bool> {
+async fn exchange(
+    u: &mut Upstream,
+    head: &[u8],
+    head_only: bool,
+    out: &mut Vec<u8>,
+) -> Result<RespHead, bool> {
     u.tcp.write_all(head).await.map_err(|_| true)?;
     let mut got_any = false;
     loop {
-        match parse_response(&u.buf, head_only) {
+        if u.buf.is_empty() {
+            match u.tcp.read_buf(&mut u.buf).await {
+                Ok(0) | Err(_) => return Err(!got_any),
+                Ok(_) => got_any = true,
+            }
+        }
+        match parse_response(&u.buf, head_only, out) {
             Ok(Some((_, Some(h)))) => return Ok(h),
             Ok(Some((_, None))) => {
                 // An interim 1xx answer: skip its head, wait for the final one.
@@ -532,14 +611,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Per connection, reused by every request: the upstream request head,
+    // the client's response head, and the X-Forwarded-* lines.
+    let mut head: Vec<u8> = Vec::with_capacity(1024);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut timer = None;
+    let fwd = forwarded(&conn);
     loop {
-        // A whole request head.
-        let head_len = loop {
+        // A whole request head, parsed once and planned from.
+        let mut snap = None;
+        let (head_len, planned) = loop {
             if !buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf) {
-                    Ok(httparse::Status::Complete(n)) => break n,
+                    Ok(httparse::Status::Complete(n)) => {
+                        let s = snap.insert(ctl.snapshot());
+                        break (n, plan(&req, s, &conn, &fwd, &mut head));
+                    }
                     Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
                     _ => return Outcome::Fallback(buf),
                 }
@@ -550,18 +639,11 @@ where
                 Ok(_) => {}
             }
         };
-        let snap = ctl.snapshot();
-        let planned = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            let _ = req.parse(&buf);
-            plan(&req, &snap, &conn)
-        };
         let Some(p) = planned else {
             return Outcome::Fallback(buf);
         };
         buf.advance(head_len);
-        match forward(ctl, io, &p).await {
+        match forward(ctl, io, &p, &head, &mut out, &mut timer).await {
             Ok(true) if !p.close => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -571,8 +653,48 @@ where
     }
 }
 
+/// `fut`'s output, or None once `after` has passed. `timer` is one timer
+/// per client connection, re-armed only when it fires before this call's
+/// deadline or is set later than it: not a timer registered and removed
+/// for every request, as `tokio::time::timeout` would.
+async fn within<F: std::future::Future>(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    after: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    use std::future::Future as _;
+    let deadline = tokio::time::Instant::now() + after;
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if t.deadline() > deadline {
+        t.as_mut().reset(deadline);
+    }
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        // Fired for an earlier request's deadline: re-armed for this one
+        // (and polled again, so that it wakes this task).
+        while t.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() + Duration::from_millis(1) >= deadline {
+                return Poll::Ready(None);
+            }
+            t.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// One request: Ok(true) when the client connection can carry on.
-async fn forward<S>(ctl: &Controller, io: &mut S, p: &Plan<'_>) -> io::Result<bool>
+async fn forward<S>(
+    ctl: &Controller,
+    io: &mut S,
+    p: &Plan<'_>,
+    head: &[u8],
+    out: &mut Vec<u8>,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+) -> io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -597,14 +719,14 @@ where
                     }
                 },
             };
-            match tokio::time::timeout(p.timeout, exchange(&mut u, &p.head, p.head_only)).await {
-                Ok(Ok(h)) => return relay(ctl, io, ep, u, h, p.close).await,
-                Ok(Err(true)) if reused => continue,
-                Ok(Err(_)) => {
+            match within(timer, p.timeout, exchange(&mut u, head, p.head_only, out)).await {
+                Some(Ok(h)) => return relay(ctl, io, ep, u, h, out, p.close).await,
+                Some(Err(true)) if reused => continue,
+                Some(Err(_)) => {
                     last_error = format!("upstream {ep}: connection closed before the response");
                     break;
                 }
-                Err(_) => {
+                None => {
                     let msg = format!(
                         "504 Gateway Timeout: upstream {ep} of service {} did not answer within {}s",
                         p.backend,
@@ -631,13 +753,13 @@ async fn relay<S>(
     ep: SocketAddr,
     mut u: Upstream,
     h: RespHead,
+    out: &mut Vec<u8>,
     close: bool,
 ) -> io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     u.buf.advance(h.len);
-    let mut out = h.out;
     if close || h.framing == Framing::Close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -650,7 +772,7 @@ where
             out.extend_from_slice(&u.buf[..n]);
             u.buf.advance(n);
             left -= n as u64;
-            io.write_all(&out).await?;
+            io.write_all(out).await?;
             while left > 0 {
                 match u.tcp.read_buf(&mut u.buf).await {
                     Ok(0) | Err(_) => return Ok(false),
@@ -664,7 +786,7 @@ where
         }
         Framing::Chunked => {
             let mut scan = ChunkScan::default();
-            let mut pending = out;
+            let pending = out;
             loop {
                 let done = match scan.scan(&u.buf) {
                     Ok(d) => d,
@@ -673,7 +795,7 @@ where
                 let n = done.unwrap_or(u.buf.len());
                 pending.extend_from_slice(&u.buf[..n]);
                 u.buf.advance(n);
-                io.write_all(&pending).await?;
+                io.write_all(pending).await?;
                 pending.clear();
                 if done.is_some() {
                     break;
@@ -688,7 +810,7 @@ where
             let n = u.buf.len();
             out.extend_from_slice(&u.buf[..n]);
             u.buf.clear();
-            io.write_all(&out).await?;
+            io.write_all(out).await?;
             let mut chunk = vec![0u8; 16 * 1024];
             loop {
                 match u.tcp.read(&mut chunk).await {
@@ -735,50 +857,200 @@ mod tests {
     #[test]
     fn response_heads_are_framed_and_cleaned() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\nabc";
-        let (code, h) = parse_response(raw, false).unwrap().unwrap();
+        let mut out = vec![];
+        let (code, h) = parse_response(raw, false, &mut out).unwrap().unwrap();
         let h = h.unwrap();
         assert_eq!(code, 200);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
         assert_eq!(h.len, raw.len() - 3);
-        let out = String::from_utf8(h.out).unwrap();
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Kept: 1\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Kept: 1\r\n"
+        );
         let (_, h) = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
+            &mut out,
         )
         .unwrap()
         .unwrap();
         let h = h.unwrap();
         assert_eq!(h.framing, Framing::Chunked);
-        assert!(String::from_utf8(h.out)
-            .unwrap()
-            .ends_with("transfer-encoding: chunked\r\n"));
-        let (_, h) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
-            .unwrap()
-            .unwrap();
+        assert!(String::from_utf8_lossy(&out).ends_with("transfer-encoding: chunked\r\n"));
+        let (_, h) = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            true,
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.unwrap().framing, Framing::Length(0), "HEAD has no body");
-        let (_, h) = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false)
+        let (_, h) = parse_response(b"HTTP/1.0 404 Gone\r\n\r\n", false, &mut out)
             .unwrap()
             .unwrap();
         let h = h.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 404 Gone\r\n");
         assert_eq!(h.framing, Framing::Close);
         assert!(!h.keep_alive);
         assert_eq!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false)
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, &mut out)
                 .unwrap()
                 .unwrap()
                 .0,
             100
         );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false)
-            .unwrap()
-            .is_none());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false, &mut out)
+                .unwrap()
+                .is_none()
+        );
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            false
+            false,
+            &mut out
         )
         .is_err());
+    }
+
+    /// The upstream head: the client's end-to-end headers, Host as sent,
+    /// the X-Forwarded-* set replacing the client's own; hop-by-hop ones and
+    /// those a Connection header names dropped. Requests the fast path does
+    /// not take are declined.
+    #[test]
+    fn request_heads_are_planned_and_rewritten() {
+        use super::super::routes::{Backend, PortRef, RouteTable};
+        use serde_json::json;
+        use std::sync::Arc;
+        let ing = Arc::new(
+            json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"rules": [
+            {"host": "shop.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+             "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        );
+        let backend = Backend {
+            namespace: "shop".into(),
+            service: "web".into(),
+            port: PortRef::Number(80),
+        };
+        let ep: SocketAddr = "10.42.0.7:8080".parse().unwrap();
+        let snap = super::super::Snapshot {
+            routes: RouteTable::build(&[ing]),
+            upstreams: [(backend.clone(), Ok(Arc::new(vec![ep])))]
+                .into_iter()
+                .collect(),
+        };
+        let conn = super::super::proxy::Conn {
+            remote: "192.0.2.9:5555".parse().unwrap(),
+            https: false,
+            port: 8081,
+        };
+        let fwd = forwarded(&conn);
+        let mut head = b"stale".to_vec();
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: Shop.Example.com:8081\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nX-Forwarded-For: 6.6.6.6\r\nX-Kept: yes\r\nContent-Length: 0\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw).unwrap().is_complete());
+        let p = plan(&req, &snap, &conn, &fwd, &mut head).expect("taken");
+        assert!(!p.head_only && !p.close);
+        assert_eq!(p.endpoints, &[ep]);
+        assert_eq!(p.backend, &backend);
+        assert_eq!(
+            String::from_utf8_lossy(&head),
+            "GET /a?b=1 HTTP/1.1\r\nX-Kept: yes\r\nhost: Shop.Example.com:8081\r\n\
+             x-forwarded-host: Shop.Example.com:8081\r\nx-forwarded-for: 192.0.2.9\r\n\
+             x-real-ip: 192.0.2.9\r\nx-forwarded-proto: http\r\nx-forwarded-port: 8081\r\n\r\n"
+        );
+        for declined in [
+            &b"POST / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: other.example.com\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: shop.example.com\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            assert!(req.parse(declined).unwrap().is_complete());
+            assert!(
+                plan(&req, &snap, &conn, &fwd, &mut head).is_none(),
+                "{}",
+                String::from_utf8_lossy(declined)
+            );
+        }
+        let raw = b"HEAD / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw).unwrap().is_complete());
+        let p = plan(&req, &snap, &conn, &fwd, &mut head).expect("taken");
+        assert!(p.head_only && p.close);
+        assert!(head.starts_with(b"HEAD / HTTP/1.1\r\nhost: shop.example.com\r\n"));
+    }
+
+    #[test]
+    fn pool_hands_back_connections_per_endpoint() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = l.local_addr().unwrap();
+            let b: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let pool = Pool::default();
+            assert!(pool.take(a).is_none());
+            let u = connect(a).await.unwrap();
+            let local = u.tcp.local_addr().unwrap();
+            pool.put(a, u);
+            assert!(pool.take(b).is_none());
+            let u = pool.take(a).expect("pooled");
+            assert_eq!(u.tcp.local_addr().unwrap(), local);
+            assert!(pool.take(a).is_none());
+            pool.put(a, u);
+            pool.retain(&[b].into_iter().collect());
+            assert!(pool.take(a).is_none(), "endpoint gone: closed");
+        });
+    }
+
+    /// The per-connection timer: a slow future times out after its own
+    /// duration, even when the timer was first armed for a later deadline
+    /// or fired early for an earlier one; fast ones complete.
+    #[tokio::test]
+    async fn one_timer_per_connection_times_out_each_request() {
+        let ms = Duration::from_millis;
+        let mut timer = None;
+        let t0 = Instant::now();
+        assert!(within(&mut timer, ms(300), tokio::time::sleep(ms(10_000)))
+            .await
+            .is_none());
+        assert!(
+            (ms(299)..ms(2000)).contains(&t0.elapsed()),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(within(&mut timer, ms(300), async { 7 }).await, Some(7));
+        // A shorter deadline than the one armed.
+        let t0 = Instant::now();
+        assert!(within(&mut timer, ms(100), tokio::time::sleep(ms(10_000)))
+            .await
+            .is_none());
+        assert!(
+            (ms(99)..ms(1000)).contains(&t0.elapsed()),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Armed for 100 ms by an earlier request: fires early, re-armed.
+        let _ = within(&mut timer, ms(100), async {}).await;
+        tokio::time::sleep(ms(50)).await;
+        let t0 = Instant::now();
+        assert!(within(&mut timer, ms(300), tokio::time::sleep(ms(10_000)))
+            .await
+            .is_none());
+        assert!(
+            (ms(299)..ms(2000)).contains(&t0.elapsed()),
+            "{:?}",
+            t0.elapsed()
+        );
+        let quick = tokio::time::sleep(ms(50));
+        assert!(within(&mut timer, ms(300), quick).await.is_some());
     }
 
     #[test]

@@ -132,16 +132,20 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 
 /// `host[:port]` → host (lowercase, brackets kept for IPv6).
 pub fn strip_port(authority: &str) -> String {
+    host_part(authority).to_ascii_lowercase()
+}
+
+/// `host[:port]` → host as written (brackets kept for IPv6).
+pub fn host_part(authority: &str) -> &str {
     let a = authority.trim();
-    let host = if a.starts_with('[') {
+    if a.starts_with('[') {
         a.split_inclusive(']').next().unwrap_or(a)
     } else {
         match a.rsplit_once(':') {
             Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
             _ => a,
         }
-    };
-    host.to_ascii_lowercase()
+    }
 }
 
 const HOP_BY_HOP: [&str; 8] = [
