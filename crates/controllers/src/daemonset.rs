@@ -513,11 +513,7 @@ impl Controller {
     pub fn start_informers(self: &Arc<Self>) -> anyhow::Result<()> {
         let c = self.clone();
         self.dss.start(&self.reg.cache, move |_, ev| {
-            let key = ns_key(&ev.object);
-            if ev.kind == EventType::Deleted {
-                c.expectations.forget(&key);
-            }
-            c.queue.add(key);
+            c.expectations.on_owner_event(&c.queue, ev)
         })?;
         let c = self.clone();
         self.pods

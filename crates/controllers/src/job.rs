@@ -13,7 +13,7 @@ use crate::replicaset::Expectations;
 use crate::runtime::{Informer, Requeue, WorkQueue};
 use crate::workload::*;
 use kobune_apimachinery::ResourceInfo;
-use kobune_apiserver::cache::{CacheEvent, EventType};
+use kobune_apiserver::cache::CacheEvent;
 use kobune_apiserver::registry::{now_rfc3339, DeleteOptions, PatchKind, Registry, WriteOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -529,11 +529,7 @@ impl Controller {
     pub fn start_informers(self: &Arc<Self>) -> anyhow::Result<()> {
         let c = self.clone();
         self.jobs.start(&self.reg.cache, move |_, ev| {
-            let key = ns_key(&ev.object);
-            if ev.kind == EventType::Deleted {
-                c.expectations.forget(&key);
-            }
-            c.queue.add(key);
+            c.expectations.on_owner_event(&c.queue, ev)
         })?;
         let c = self.clone();
         self.pods

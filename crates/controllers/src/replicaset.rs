@@ -38,6 +38,16 @@ pub struct Expectations {
 }
 
 impl Expectations {
+    /// An event of the controller's own object (a ReplicaSet, Job,
+    /// DaemonSet): queues its key; a deleted one's expectations go.
+    pub fn on_owner_event(&self, queue: &WorkQueue, ev: &CacheEvent) {
+        let key = ns_key(&ev.object);
+        if ev.kind == EventType::Deleted {
+            self.forget(&key);
+        }
+        queue.add(key);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -326,11 +336,7 @@ impl Controller {
     pub fn start_informers(self: &Arc<Self>) -> anyhow::Result<()> {
         let c = self.clone();
         self.rss.start(&self.reg.cache, move |_, ev| {
-            let key = ns_key(&ev.object);
-            if ev.kind == EventType::Deleted {
-                c.expectations.forget(&key);
-            }
-            c.queue.add(key);
+            c.expectations.on_owner_event(&c.queue, ev)
         })?;
         let c = self.clone();
         self.pods
