@@ -234,10 +234,6 @@ def test_agent_follows_pods_across_a_server_restart(cluster, agents):
     assert "relisting pods" in agents["a"].log_path.read_text()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flaky (about 1 run in 5 in session 4): after the killed agent restarts, one DaemonSet pod now "
-    "and then gets the next IP of its node instead of keeping its own; the simulated kubelet's IP "
-    "allocation on restart is under investigation"))
 def test_killed_agent_nodes_go_not_ready_and_come_back(cluster, agents):
     agents["b"].kill9()
     wait_for(lambda: (lambda ns: all(ready_status(ns[f"bg-{i}"]) == "Unknown" for i in range(2)))(nodes(cluster)),

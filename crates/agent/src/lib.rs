@@ -30,7 +30,7 @@ pub use node::{start_node, NodeConfig, NodeHandle};
 
 pub use api::{NodeApi, PodCache};
 
-use kobune_apimachinery::ResourceInfo;
+use kobune_apimachinery::{at, ResourceInfo};
 use kobune_apiserver::registry::now_rfc3339;
 use kobune_apiserver::Registry;
 use kobune_controllers::runtime::{run_controller, WorkQueue};
@@ -57,15 +57,52 @@ struct SimNode {
 }
 
 impl SimNode {
+    /// The last octet of `ip` if it lies in this node's /24.
+    fn octet(&self, ip: &str) -> Option<u8> {
+        ip.strip_prefix(self.cidr_base.as_str())?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
+    }
+
+    fn holder(&self, octet: u8) -> Option<&str> {
+        self.ips
+            .iter()
+            .find(|(_, o)| **o == octet)
+            .map(|(u, _)| u.as_str())
+    }
+
+    /// Records that pod `uid` already has `ip` (as seen in its status), as
+    /// an IPAM's on-disk allocations survive a kubelet restart: seen in list
+    /// order, before any pod is synced, so a new pod cannot take it.
+    fn reserve(&mut self, uid: &str, ip: &str) {
+        if self.ips.contains_key(uid) {
+            return;
+        }
+        if let Some(o) = self.octet(ip).filter(|o| self.holder(*o).is_none()) {
+            self.ips.insert(uid.to_string(), o);
+        }
+    }
+
     fn ip_for(&mut self, uid: &str, existing: Option<&str>) -> Option<String> {
         if let Some(o) = self.ips.get(uid) {
             return Some(format!("{}.{o}", self.cidr_base));
         }
-        let octet = existing
-            .and_then(|ip| ip.strip_prefix(&format!("{}.", self.cidr_base)))
-            .and_then(|o| o.parse::<u8>().ok())
-            .filter(|o| !self.ips.values().any(|x| x == o))
-            .or_else(|| (2u8..=254).find(|o| !self.ips.values().any(|x| x == o)))?;
+        let wanted = existing.and_then(|ip| self.octet(ip));
+        let octet = match wanted {
+            Some(o) if self.holder(o).is_none() => o,
+            _ => {
+                let free = (2u8..=254).find(|o| self.holder(*o).is_none())?;
+                if let Some(o) = wanted {
+                    tracing::warn!(
+                        pod = uid, holder = ?self.holder(o),
+                        "pod IP {}.{o} is held by another pod; giving {}.{free}",
+                        self.cidr_base, self.cidr_base
+                    );
+                }
+                free
+            }
+        };
         self.ips.insert(uid.to_string(), octet);
         Some(format!("{}.{octet}", self.cidr_base))
     }
@@ -311,9 +348,35 @@ impl Agent {
     }
 
     fn on_event(&self, key: &str, pod: &Value, gone: bool, q: &WorkQueue) {
-        let relevant = self.ours(pod) || (gone && lock(&self.placed).contains_key(key));
-        if relevant {
+        let ours = self.ours(pod);
+        if ours && !gone {
+            self.reserve_ip(key, pod);
+        }
+        if ours || (gone && lock(&self.placed).contains_key(key)) {
             q.add(key.to_string());
+        }
+    }
+
+    /// Keeps the IP a running pod already reports (see [`SimNode::reserve`]).
+    fn reserve_ip(&self, key: &str, pod: &Value) {
+        let (Some(node), Some(uid), Some(ip)) = (
+            at(pod, "/spec/nodeName").and_then(Value::as_str),
+            at(pod, "/metadata/uid").and_then(Value::as_str),
+            at(pod, "/status/podIP").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let host_network = at(pod, "/spec/hostNetwork") == Some(&Value::Bool(true));
+        let done = matches!(
+            at(pod, "/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if host_network || done || at(pod, "/metadata/deletionTimestamp").is_some() {
+            return;
+        }
+        if let Some(n) = lock(&self.nodes).get_mut(node) {
+            n.reserve(uid, ip);
+            lock(&self.placed).insert(key.to_string(), (node.to_string(), uid.to_string()));
         }
     }
 
@@ -504,6 +567,32 @@ mod tests {
         assert_eq!(n.ip_for("c", Some("10.42.0.9")).unwrap(), "10.42.0.9");
         n.ips.remove("a");
         assert_eq!(n.ip_for("d", None).unwrap(), "10.42.0.2");
+        // A pod whose IP is taken gets a free one.
+        assert_eq!(n.ip_for("e", Some("10.42.0.9")).unwrap(), "10.42.0.4");
+        assert_eq!(n.ip_for("f", Some("10.43.0.5")).unwrap(), "10.42.0.5");
+    }
+
+    #[test]
+    fn listed_pods_keep_their_ips_whatever_syncs_first() {
+        let mut n = SimNode {
+            host_ip: "10.0.0.1".into(),
+            cidr_base: "10.42.0".into(),
+            ips: HashMap::new(),
+        };
+        // After a restart the listing reserves what running pods report...
+        n.reserve("old-a", "10.42.0.2");
+        n.reserve("old-b", "10.42.0.3");
+        n.reserve("dup", "10.42.0.3");
+        n.reserve("elsewhere", "10.42.7.4");
+        // ...so a new pod synced before them cannot take those.
+        assert_eq!(n.ip_for("new", None).unwrap(), "10.42.0.4");
+        assert_eq!(n.ip_for("old-a", Some("10.42.0.2")).unwrap(), "10.42.0.2");
+        assert_eq!(n.ip_for("old-b", Some("10.42.0.3")).unwrap(), "10.42.0.3");
+        assert_eq!(n.ip_for("dup", Some("10.42.0.3")).unwrap(), "10.42.0.5");
+        assert_eq!(
+            n.ip_for("elsewhere", Some("10.42.7.4")).unwrap(),
+            "10.42.0.6"
+        );
     }
 
     #[test]
