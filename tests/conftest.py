@@ -67,8 +67,9 @@ class Etcd:
 class Server:
     """A running `kobune server` with its own data dir and port."""
 
-    def __init__(self, datastore="", data_dir=None, port=None, extra_args=()):
+    def __init__(self, datastore="", data_dir=None, port=None, extra_args=(), bind_address="127.0.0.1"):
         self.extra_args = list(extra_args)
+        self.bind_address = bind_address
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kobune-"))
         self.port = port or free_port()
         self.datastore = datastore
@@ -79,7 +80,7 @@ class Server:
 
     def start(self):
         self.log = open(self.data_dir / "server.log", "ab")
-        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", self.bind_address,
                 "--https-listen-port", str(self.port), "--disable-agent"]
         if self.datastore:
             args += ["--datastore-endpoint", self.datastore]
@@ -190,7 +191,7 @@ class AgentServer(Server):
 
     def start(self):
         self.log = open(self.data_dir / "server.log", "ab")
-        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
+        args = [KOBUNE, "server", "--data-dir", str(self.data_dir), "--bind-address", self.bind_address,
                 "--https-listen-port", str(self.port)]
         if self.datastore:
             args += ["--datastore-endpoint", self.datastore]

@@ -51,9 +51,11 @@ pub struct JoinConfig {
 /// A joined node; [`JoinedNode::shutdown`] stops it cleanly.
 pub struct JoinedNode {
     pub node: NodeHandle,
+    /// The server, as this node reaches it (also a [`kobune_controllers::runtime::Source`]
+    /// for the service proxy and NetworkPolicy rules).
+    pub api: Arc<RemoteApi>,
     pub pod_cidr: String,
     pub bridge: String,
-    routes: tokio::task::JoinHandle<()>,
     kubelet_server: tokio::task::JoinHandle<()>,
     data_dir: PathBuf,
     watchdog: Option<Watchdog>,
@@ -142,29 +144,11 @@ pub async fn join(
         crate::kubelet_server::serve(listener, cfg.token.clone(), node.kubelet.clone())
             .await
             .context("serving the kubelet API")?;
-    let routes = {
-        let (api, name, ip, dir) = (
-            api.clone(),
-            cfg.name.clone(),
-            cfg.node_ip.clone(),
-            cfg.data_dir.clone(),
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ROUTE_SYNC);
-            loop {
-                tick.tick().await;
-                match api.list_nodes().await {
-                    Ok(nodes) => sync_routes(&dir, &name, &ip, &nodes),
-                    Err(e) => tracing::debug!("listing nodes for routes: {e:#}"),
-                }
-            }
-        })
-    };
     Ok(JoinedNode {
         node,
+        api,
         pod_cidr,
         bridge,
-        routes,
         kubelet_server,
         data_dir: cfg.data_dir,
         watchdog,
@@ -176,7 +160,6 @@ impl JoinedNode {
     /// Stops every pod, containerd and the routes, removes the bridge and
     /// tells the watchdog that nothing is left to do.
     pub async fn shutdown(self) {
-        self.routes.abort();
         self.kubelet_server.abort();
         let JoinedNode {
             node,
@@ -228,7 +211,8 @@ fn spawn_watchdog(mut cmd: Command) -> anyhow::Result<Watchdog> {
 
 /// The watchdog's side: waits until stdin closes; unless the agent wrote
 /// that it cleaned up, removes what it left under `data_dir`.
-pub async fn watch_and_cleanup(data_dir: &Path) -> anyhow::Result<()> {
+/// Returns whether it cleaned up.
+pub async fn watch_and_cleanup(data_dir: &Path) -> anyhow::Result<bool> {
     let input = tokio::task::spawn_blocking(|| {
         let mut buf = vec![];
         let _ = std::io::stdin().lock().read_to_end(&mut buf);
@@ -236,11 +220,11 @@ pub async fn watch_and_cleanup(data_dir: &Path) -> anyhow::Result<()> {
     })
     .await?;
     if input.ends_with(DONE) {
-        return Ok(());
+        return Ok(false);
     }
     tracing::warn!(dir = %data_dir.display(), "kobune agent ended without cleaning up; removing its pods, containerd and bridge");
     cleanup(data_dir).await;
-    Ok(())
+    Ok(true)
 }
 
 /// Pids of processes whose arguments are exactly `argv`, or (with
@@ -424,12 +408,31 @@ fn load_routes(data_dir: &Path) -> BTreeMap<String, String> {
 
 static ROUTES_LOCK: Mutex<()> = Mutex::new(());
 
-fn remove_routes(data_dir: &Path) {
+pub fn remove_routes(data_dir: &Path) {
     let _g = ROUTES_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     for (cidr, via) in load_routes(data_dir) {
         let _ = ip(&["route", "del", &cidr, "via", &via]);
     }
     let _ = std::fs::remove_file(routes_file(data_dir));
+}
+
+/// Keeps [`sync_routes`] applied every [`ROUTE_SYNC`].
+pub fn spawn_route_sync(
+    api: Arc<dyn NodeApi>,
+    data_dir: PathBuf,
+    name: String,
+    ip: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ROUTE_SYNC);
+        loop {
+            tick.tick().await;
+            match api.list_nodes().await {
+                Ok(nodes) => sync_routes(&data_dir, &name, &ip, &nodes),
+                Err(e) => tracing::debug!("listing nodes for routes: {e:#}"),
+            }
+        }
+    })
 }
 
 /// The routes this node needs: every other real Node's pod CIDR via that

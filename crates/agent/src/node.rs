@@ -68,6 +68,7 @@ impl Default for NodeNetwork {
 /// removes them).
 pub struct NodeHandle {
     pub name: String,
+    data_dir: PathBuf,
     pub log_root: PathBuf,
     pub runtime: Containerd,
     pub cri: Cri,
@@ -85,6 +86,7 @@ impl NodeHandle {
             t.abort();
         }
         self.pods.shutdown().await;
+        crate::join::remove_routes(&self.data_dir);
     }
 }
 
@@ -243,9 +245,14 @@ pub async fn start_node(
     registry: Arc<Registry>,
     kubelets: Arc<Kubelets>,
     cfg: NodeConfig,
+    host_ip: &str,
 ) -> anyhow::Result<NodeHandle> {
     let api = Arc::new(crate::api::LocalApi::new(registry)?);
-    let handle = start_node_with(api, cfg, NodeNetwork::default()).await?;
+    let net = NodeNetwork {
+        host_ip: host_ip.to_string(),
+        ..NodeNetwork::default()
+    };
+    let handle = start_node_with(api, cfg, net).await?;
     kubelets.register(&handle.name, handle.kubelet.clone());
     Ok(handle)
 }
@@ -365,6 +372,13 @@ pub async fn start_node_with(
     .await?;
     let stats = Arc::new(crate::stats::StatsCollector::default());
     tasks.push(stats.spawn(cri.clone()));
+    // host-gw: other machines' pod CIDRs via their nodes' addresses.
+    tasks.push(crate::join::spawn_route_sync(
+        api.clone(),
+        cfg.data_dir.clone(),
+        cfg.name.clone(),
+        net.host_ip.clone(),
+    ));
     let kubelet: Arc<dyn Kubelet> = Arc::new(NodeLogs {
         log_root: log_root.clone(),
         cri: cri.clone(),
@@ -374,6 +388,7 @@ pub async fn start_node_with(
     tracing::info!(node = %cfg.name, runtime = %runtime.socket().display(), "node agent started");
     Ok(NodeHandle {
         name: cfg.name,
+        data_dir: cfg.data_dir,
         log_root,
         runtime,
         cri,

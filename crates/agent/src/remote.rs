@@ -8,6 +8,9 @@ use crate::api::{Lookup, NodeApi, PodCache, PodHandler};
 use crate::client::{ApiClient, HttpError};
 use crate::FIELD_MANAGER;
 use hyper::Method;
+use kobune_apimachinery::ResourceInfo;
+use kobune_apiserver::cache::{rv_of, CacheEvent, EventType};
+use kobune_controllers::runtime::{Handler, Informer, Source};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -450,6 +453,81 @@ impl RemotePods {
     }
 }
 
+/// An informer fed over HTTPS: each object becomes a [`CacheEvent`] as the
+/// in-process cache would have sent it.
+struct InformerSink {
+    resource: ResourceInfo,
+    informer: Arc<Informer>,
+    handler: Handler,
+}
+
+impl InformerSink {
+    fn event(&self, obj: &Value, gone: bool) -> CacheEvent {
+        let m = &obj["metadata"];
+        let ns = m["namespace"].as_str().filter(|n| !n.is_empty());
+        let key = self
+            .resource
+            .key(ns, m["name"].as_str().unwrap_or_default());
+        let prev = self.informer.get(&key);
+        let kind = match (gone, &prev) {
+            (true, _) => EventType::Deleted,
+            (false, Some(_)) => EventType::Modified,
+            (false, None) => EventType::Added,
+        };
+        CacheEvent {
+            kind,
+            revision: rv_of(obj),
+            key,
+            object: Arc::new(obj.clone()),
+            prev,
+        }
+    }
+}
+
+impl Sink for InformerSink {
+    fn apply(&self, obj: &Value, gone: bool) {
+        let ev = self.event(obj, gone);
+        self.informer.apply_event(&ev);
+        (self.handler)(&self.informer, &ev);
+    }
+
+    fn replace(&self, items: &[Value]) {
+        let listed = items
+            .iter()
+            .map(|o| {
+                let mut ev = self.event(o, false);
+                ev.kind = EventType::Added;
+                Arc::new(ev)
+            })
+            .collect();
+        for ev in self.informer.replace(listed) {
+            (self.handler)(&self.informer, &ev);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for RemoteApi {
+    async fn follow(
+        self: Arc<Self>,
+        resource: &ResourceInfo,
+        informer: &Arc<Informer>,
+        handler: Handler,
+    ) -> anyhow::Result<()> {
+        let sink: Arc<dyn Sink> = Arc::new(InformerSink {
+            resource: resource.clone(),
+            informer: informer.clone(),
+            handler,
+        });
+        let path = resource.list_path();
+        let rv = relist(&self, &path, &sink)
+            .await
+            .map_err(|e| err(format!("listing {}", resource.plural), e))?;
+        tokio::spawn(follow(self, path, sink, rv));
+        Ok(())
+    }
+}
+
 async fn relist(api: &RemoteApi, path: &str, sink: &Arc<dyn Sink>) -> Result<String, HttpError> {
     let (items, rv) = api.list_all(path).await?;
     sink.replace(&items);
@@ -589,6 +667,48 @@ mod tests {
                 (k("p1"), true),
                 (k("p3"), false),
                 (k("p3"), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn informer_sink_gives_the_events_the_cache_would() {
+        let seen: Arc<Mutex<Vec<(EventType, String, bool)>>> = Arc::default();
+        let s = seen.clone();
+        let nodes = kobune_controllers::runtime::builtin_resource("", "v1", "nodes").unwrap();
+        let informer = Arc::new(Informer::new(nodes.key_prefix()));
+        let sink = InformerSink {
+            resource: nodes,
+            informer: informer.clone(),
+            handler: Arc::new(move |_, ev| {
+                s.lock()
+                    .unwrap()
+                    .push((ev.kind, ev.key.clone(), ev.prev.is_some()))
+            }),
+        };
+        let node =
+            |name: &str, rv: &str| json!({"metadata": {"name": name, "resourceVersion": rv}});
+        sink.replace(&[node("a", "1"), node("b", "2")]);
+        sink.apply(&node("a", "3"), false);
+        sink.apply(&node("c", "4"), false);
+        sink.apply(&node("b", "5"), true);
+        // A relist reports what vanished as deleted.
+        sink.replace(&[node("c", "6")]);
+        assert_eq!(informer.len(), 1);
+        let c = informer.get("/registry/core/nodes/c").unwrap();
+        assert_eq!(c["metadata"]["resourceVersion"], "6");
+        let k = |n: &str| format!("/registry/core/nodes/{n}");
+        use EventType::*;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (Added, k("a"), false),
+                (Added, k("b"), false),
+                (Modified, k("a"), true),
+                (Added, k("c"), false),
+                (Deleted, k("b"), true),
+                (Deleted, k("a"), true),
+                (Added, k("c"), true),
             ]
         );
     }

@@ -124,6 +124,7 @@ async fn runs_pods_on_containerd() {
             cri_socket: None,
             dns: Default::default(),
         },
+        kobune_agent::node::HOST_IP,
     )
     .await
     .unwrap();

@@ -121,6 +121,14 @@ impl ResourceInfo {
             "watch",
         ]
     }
+    /// The cluster-wide list path: `/api/v1/pods`, `/apis/apps/v1/deployments`.
+    pub fn list_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}/{}", self.version, self.plural)
+        } else {
+            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+        }
+    }
     /// Storage key prefix for this resource, ending in `/`.
     pub fn key_prefix(&self) -> String {
         format!("/registry/{}/", self.storage)
@@ -211,6 +219,13 @@ fn create_only(mut r: ResourceInfo) -> ResourceInfo {
 fn with_scale(mut r: ResourceInfo) -> ResourceInfo {
     r.scale = replicas_scale(true);
     r
+}
+
+/// The built-in resource served as `group/version/plural`.
+pub fn builtin(group: &str, version: &str, plural: &str) -> Option<ResourceInfo> {
+    builtins()
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Every built-in resource, in discovery order.
@@ -340,5 +355,13 @@ mod tests {
         assert_eq!(hpas[0].storage, hpas[1].storage);
         let deploy = all.iter().find(|r| r.plural == "deployments").unwrap();
         assert_eq!(deploy.qualified(), "deployments.apps");
+        assert_eq!(deploy.list_path(), "/apis/apps/v1/deployments");
+        assert_eq!(pods.list_path(), "/api/v1/pods");
+        let slices = builtin("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        assert_eq!(
+            slices.key_prefix(),
+            "/registry/discovery.k8s.io/endpointslices/"
+        );
+        assert!(builtin("apps", "v1", "pods").is_none());
     }
 }

@@ -153,7 +153,8 @@ impl Informer {
         }
     }
 
-    fn apply_event(&self, ev: &CacheEvent) {
+    /// Applies one event (what a [`Source`] other than the cache calls).
+    pub fn apply_event(&self, ev: &CacheEvent) {
         match ev.kind {
             EventType::Deleted => self.apply(&ev.key, None),
             _ => self.apply(&ev.key, Some(ev.object.clone())),
@@ -162,7 +163,7 @@ impl Informer {
 
     /// Replaces the contents with a fresh listing; returns the differences
     /// as events (synthetic DELETED for what vanished, ADDED for the rest).
-    fn replace(&self, initial: Vec<Arc<CacheEvent>>) -> Vec<Arc<CacheEvent>> {
+    pub fn replace(&self, initial: Vec<Arc<CacheEvent>>) -> Vec<Arc<CacheEvent>> {
         let fresh: HashSet<&str> = initial.iter().map(|e| e.key.as_str()).collect();
         let gone: Vec<(String, Arc<Value>)> = self
             .read()
@@ -245,6 +246,49 @@ impl Informer {
             }
         }))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Sources
+
+/// What an informer's owner is told of each event.
+pub type Handler = Arc<dyn Fn(&Informer, &CacheEvent) + Send + Sync>;
+
+/// Where informers get their objects: the in-process watch [`Cache`], or
+/// (in `kobune agent`) list + watch against a remote API server. Code that
+/// only reads (the service proxy, NetworkPolicy rules) runs on either.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// Fills `informer` (whose prefix is `resource`'s key prefix) and keeps
+    /// it current, calling `handler` for each event; returns once the
+    /// informer holds a complete listing.
+    async fn follow(
+        self: Arc<Self>,
+        resource: &ResourceInfo,
+        informer: &Arc<Informer>,
+        handler: Handler,
+    ) -> anyhow::Result<()>;
+}
+
+#[async_trait::async_trait]
+impl Source for Cache {
+    async fn follow(
+        self: Arc<Self>,
+        _resource: &ResourceInfo,
+        informer: &Arc<Informer>,
+        handler: Handler,
+    ) -> anyhow::Result<()> {
+        informer
+            .start(&self, move |i, ev| handler(i, ev))
+            .map_err(|e| anyhow::anyhow!("following {}: {}", informer.prefix(), e.message))?;
+        Ok(())
+    }
+}
+
+/// The built-in resource served as `group/version/plural`.
+pub fn builtin_resource(group: &str, version: &str, plural: &str) -> anyhow::Result<ResourceInfo> {
+    kobune_apimachinery::resource::builtin(group, version, plural)
+        .ok_or_else(|| anyhow::anyhow!("{plural} is not a built-in resource"))
 }
 
 // ---------------------------------------------------------------------------

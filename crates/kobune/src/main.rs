@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kobune_controllers::runtime::Source;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,10 +112,15 @@ struct AgentArgs {
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
     /// No service proxy or NetworkPolicy rules on this node (as needed when
-    /// a server shares the machine). kobune agent does not run them yet in
-    /// any case; without this flag it warns about that.
+    /// a server with its own node shares the machine and its iptables).
     #[arg(long)]
     disable_kube_proxy: bool,
+    /// Pod network range (the server's --cluster-cidr).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Service virtual IP range (the server's --service-cidr).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     /// Cluster DNS Service IP in pods' resolv.conf.
     #[arg(long, default_value = "10.43.0.10")]
     cluster_dns: std::net::Ipv4Addr,
@@ -132,7 +138,19 @@ struct AgentArgs {
 
 async fn agent(args: AgentArgs) -> Result<()> {
     if args.watchdog {
-        return kobune_agent::join::watch_and_cleanup(&args.data_dir).await;
+        let cleaned = kobune_agent::join::watch_and_cleanup(&args.data_dir).await?;
+        if cleaned && !args.disable_kube_proxy {
+            // The agent's proxy and policy chains; the next agent flushes them anyway.
+            let r = tokio::task::spawn_blocking(|| {
+                kobune_network::netpol::cleanup_rules()?;
+                kobune_network::proxy::cleanup_rules()
+            })
+            .await?;
+            if let Err(e) = r {
+                tracing::warn!("removing the service proxy's rules: {e:#}");
+            }
+        }
+        return Ok(());
     }
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
@@ -206,10 +224,8 @@ async fn agent_node(
         .arg("--watchdog")
         .arg("--data-dir")
         .arg(&cfg.data_dir);
-    if !args.disable_kube_proxy {
-        tracing::warn!(
-            "kobune agent does not run the service proxy or NetworkPolicy rules yet: Service IPs work on this node only where a server's proxy shares the machine"
-        );
+    if args.disable_kube_proxy {
+        watchdog.arg("--disable-kube-proxy");
     }
     let joined = kobune_agent::join::join(client.clone(), cfg, Some(watchdog))
         .await
@@ -219,6 +235,35 @@ async fn agent_node(
                 client.server()
             )
         })?;
+    // kube-proxy's role, and NetworkPolicy rules for this node's pods
+    // (after the proxy, whose start flushes every KOBUNE- chain).
+    let mut network = None;
+    if !args.disable_kube_proxy {
+        let source: Arc<dyn Source> = joined.api.clone();
+        let cfg = kobune_network::proxy::ProxyConfig {
+            node_name: name.clone(),
+            cluster_cidr: args.cluster_cidr.clone(),
+            service_cidr: args.service_cidr.clone(),
+            bridge: joined.bridge.clone(),
+        };
+        let started = async {
+            let proxy = kobune_network::proxy::Proxy::start(source.clone(), None, cfg)
+                .await
+                .context("starting the service proxy (needs iptables)")?;
+            let netpol = kobune_network::netpol::NetworkPolicies::start(source, name.clone())
+                .await
+                .context("starting network policy enforcement")?;
+            anyhow::Ok((proxy, netpol))
+        }
+        .await;
+        match started {
+            Ok(n) => network = Some(n),
+            Err(e) => {
+                joined.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
     println!(
         "joined {} as node {name} (pod CIDR {}, bridge {}, containerd under {})",
         client.server(),
@@ -230,6 +275,10 @@ async fn agent_node(
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping this node's pods"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping this node's pods"),
+    }
+    if let Some((proxy, netpol)) = network {
+        netpol.shutdown().await;
+        proxy.shutdown().await;
     }
     joined.shutdown().await;
     Ok(())
@@ -296,6 +345,10 @@ struct ServerArgs {
     /// Name of this machine's node.
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's InternalIP: the address agents on other machines route
+    /// its pod CIDR to (127.0.0.1 suits a cluster on one machine).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
     /// Pod network range.
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
@@ -505,8 +558,14 @@ async fn server(args: ServerArgs) -> Result<()> {
         let dns_prefix: u8 = (cfg.pod_cidr.split('/').nth(1))
             .and_then(|p| p.parse().ok())
             .unwrap_or(24);
-        let handle = kobune_agent::start_node(server.registry.clone(), server.kubelets.clone(), cfg)
-            .await
+        let node_ip = args.node_ip.to_string();
+        let handle = kobune_agent::start_node(
+            server.registry.clone(),
+            server.kubelets.clone(),
+            cfg,
+            &node_ip,
+        )
+        .await
             .with_context(|| {
                 format!("starting the node agent for node {name:?} (needs root, containerd, runc and the CNI plugins: run scripts/setup, or pass --disable-agent)")
             })?;
@@ -555,9 +614,11 @@ async fn server(args: ServerArgs) -> Result<()> {
                 service_cidr: args.service_cidr.clone(),
                 bridge: kobune_agent::node::BRIDGE.into(),
             };
-            let proxy = kobune_network::proxy::Proxy::start(server.registry.clone(), cfg)
-                .await
-                .context("starting the service proxy (needs root and iptables)")?;
+            let source: Arc<dyn Source> = server.registry.cache.clone();
+            let proxy =
+                kobune_network::proxy::Proxy::start(source, Some(server.registry.clone()), cfg)
+                    .await
+                    .context("starting the service proxy (needs root and iptables)")?;
             Some(proxy)
         }
     };
@@ -567,7 +628,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         None => None,
         Some(_) => Some(
             kobune_network::netpol::NetworkPolicies::start(
-                server.registry.clone(),
+                server.registry.cache.clone(),
                 args.node_name.clone().unwrap_or_else(hostname),
             )
             .await

@@ -24,8 +24,7 @@ use crate::iptables::{self, Dirty, Jump, Rules, Syncer};
 use crate::proxy::chain;
 use kobune_apimachinery::selectors::Selector;
 use kobune_apiserver::cache::EventType;
-use kobune_apiserver::registry::Registry;
-use kobune_controllers::runtime::Informer;
+use kobune_controllers::runtime::{builtin_resource, Informer, Source};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -709,18 +708,17 @@ impl NetworkPolicies {
     /// Removes stale rules and starts following NetworkPolicies, Pods and
     /// Namespaces. Start it after the service proxy (which flushes every
     /// `KOBUNE-` chain when it starts).
-    pub async fn start(reg: Arc<Registry>, node_name: String) -> anyhow::Result<NetworkPolicies> {
+    pub async fn start(
+        source: Arc<dyn Source>,
+        node_name: String,
+    ) -> anyhow::Result<NetworkPolicies> {
         tokio::task::spawn_blocking(cleanup_rules).await??;
-        let find = |g: &str, v: &str, p: &str| {
-            reg.resources
-                .find(g, v, p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
-        let policies = Arc::new(Informer::new(
-            find("networking.k8s.io", "v1", "networkpolicies")?.key_prefix(),
-        ));
-        let pods = Arc::new(Informer::new(find("", "v1", "pods")?.key_prefix()));
-        let namespaces = Arc::new(Informer::new(find("", "v1", "namespaces")?.key_prefix()));
+        let policies_res = builtin_resource("networking.k8s.io", "v1", "networkpolicies")?;
+        let pods_res = builtin_resource("", "v1", "pods")?;
+        let namespaces_res = builtin_resource("", "v1", "namespaces")?;
+        let policies = Arc::new(Informer::new(policies_res.key_prefix()));
+        let pods = Arc::new(Informer::new(pods_res.key_prefix()));
+        let namespaces = Arc::new(Informer::new(namespaces_res.key_prefix()));
         let inner = Arc::new(Inner {
             node_name,
             policies: policies.clone(),
@@ -729,23 +727,42 @@ impl NetworkPolicies {
             dirty: Dirty::new(),
         });
         let i = inner.clone();
-        policies.start(&reg.cache, move |_, _| i.mark_dirty())?;
+        (source.clone())
+            .follow(
+                &policies_res,
+                &policies,
+                Arc::new(move |_, _| i.mark_dirty()),
+            )
+            .await?;
         let i = inner.clone();
-        pods.start(&reg.cache, move |_, ev| {
-            let before = ev.prev.as_deref().map(pod_digest);
-            let now = (ev.kind != EventType::Deleted).then(|| pod_digest(&ev.object));
-            if before != now {
-                i.mark_dirty();
-            }
-        })?;
+        (source.clone())
+            .follow(
+                &pods_res,
+                &pods,
+                Arc::new(move |_, ev| {
+                    let before = ev.prev.as_deref().map(pod_digest);
+                    let now = (ev.kind != EventType::Deleted).then(|| pod_digest(&ev.object));
+                    if before != now {
+                        i.mark_dirty();
+                    }
+                }),
+            )
+            .await?;
         let i = inner.clone();
-        namespaces.start(&reg.cache, move |_, ev| {
-            let before = ev.prev.as_deref().map(|n| format!("{:?}", labels(n)));
-            let now = (ev.kind != EventType::Deleted).then(|| format!("{:?}", labels(&ev.object)));
-            if before != now {
-                i.mark_dirty();
-            }
-        })?;
+        source
+            .follow(
+                &namespaces_res,
+                &namespaces,
+                Arc::new(move |_, ev| {
+                    let before = ev.prev.as_deref().map(|n| format!("{:?}", labels(n)));
+                    let now = (ev.kind != EventType::Deleted)
+                        .then(|| format!("{:?}", labels(&ev.object)));
+                    if before != now {
+                        i.mark_dirty();
+                    }
+                }),
+            )
+            .await?;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_loop(inner, stop_rx));
         Ok(NetworkPolicies { stop, task })

@@ -28,7 +28,7 @@ use crate::iptables::{self, run, Dirty, Jump, Syncer};
 pub use crate::iptables::{iptables_restore, Rules};
 use kobune_apiserver::cache::EventType;
 use kobune_apiserver::registry::{Registry, WriteOptions};
-use kobune_controllers::runtime::Informer;
+use kobune_controllers::runtime::{builtin_resource, Informer, Source};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -665,7 +665,8 @@ pub struct ProxyConfig {
 }
 
 struct Inner {
-    reg: Arc<Registry>,
+    /// Where LoadBalancer status is written (the server's node only).
+    status: Option<Arc<Registry>>,
     cfg: ProxyConfig,
     services: Arc<Informer>,
     slices: Arc<Informer>,
@@ -735,7 +736,10 @@ impl Inner {
     /// k3s servicelb's part: LoadBalancer services get this node's address
     /// as their ingress; others lose an ingress this proxy gave them.
     async fn update_lb_status(&self, ctx: &NodeContext) {
-        let Some(info) = self.reg.resources.find("", "v1", "services") else {
+        let Some(reg) = &self.status else {
+            return;
+        };
+        let Some(info) = reg.resources.find("", "v1", "services") else {
             return;
         };
         let opts = WriteOptions {
@@ -772,8 +776,7 @@ impl Inner {
                 json!({"ingress": want.iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect::<Vec<_>>()})
             };
             let (ns, name) = (meta(&svc, "namespace"), meta(&svc, "name"));
-            if let Err(e) = self
-                .reg
+            if let Err(e) = reg
                 .update(&info, Some(ns), name, obj, &opts, Some("status"))
                 .await
             {
@@ -795,8 +798,15 @@ fn ensure_route(cfg: &ProxyConfig) -> anyhow::Result<()> {
 
 impl Proxy {
     /// Flushes stale rules, sets the kernel up and starts following Services
-    /// and EndpointSlices; the first rules are applied before this returns.
-    pub async fn start(reg: Arc<Registry>, cfg: ProxyConfig) -> anyhow::Result<Proxy> {
+    /// and EndpointSlices from `source`; the first rules are applied before
+    /// this returns. With `status`, LoadBalancer Services get this node's
+    /// addresses as their ingress (the server's node does this; agents'
+    /// proxies only program rules).
+    pub async fn start(
+        source: Arc<dyn Source>,
+        status: Option<Arc<Registry>>,
+        cfg: ProxyConfig,
+    ) -> anyhow::Result<Proxy> {
         kobune_apiserver::parse_cidr(&cfg.cluster_cidr)?;
         kobune_apiserver::parse_cidr(&cfg.service_cidr)?;
         tokio::task::spawn_blocking(|| {
@@ -804,19 +814,15 @@ impl Proxy {
             cleanup_rules()
         })
         .await??;
-        let find = |g: &str, v: &str, p: &str| {
-            reg.resources
-                .find(g, v, p)
-                .ok_or_else(|| anyhow::anyhow!("{p} not served"))
-        };
-        let services = Arc::new(Informer::new(find("", "v1", "services")?.key_prefix()));
-        let slices = Arc::new(
-            Informer::new(find("discovery.k8s.io", "v1", "endpointslices")?.key_prefix())
-                .with_index(BY_SERVICE, slice_service),
-        );
-        let nodes = Arc::new(Informer::new(find("", "v1", "nodes")?.key_prefix()));
+        let services_res = builtin_resource("", "v1", "services")?;
+        let slices_res = builtin_resource("discovery.k8s.io", "v1", "endpointslices")?;
+        let nodes_res = builtin_resource("", "v1", "nodes")?;
+        let services = Arc::new(Informer::new(services_res.key_prefix()));
+        let slices =
+            Arc::new(Informer::new(slices_res.key_prefix()).with_index(BY_SERVICE, slice_service));
+        let nodes = Arc::new(Informer::new(nodes_res.key_prefix()));
         let inner = Arc::new(Inner {
-            reg: reg.clone(),
+            status,
             cfg: cfg.clone(),
             services: services.clone(),
             slices: slices.clone(),
@@ -824,25 +830,43 @@ impl Proxy {
             dirty: Dirty::new(),
         });
         let i = inner.clone();
-        services.start(&reg.cache, move |_, _| i.mark_dirty())?;
+        (source.clone())
+            .follow(
+                &services_res,
+                &services,
+                Arc::new(move |_, _| i.mark_dirty()),
+            )
+            .await?;
         let i = inner.clone();
-        slices.start(&reg.cache, move |_, ev| {
-            if !slice_service(&ev.object).is_empty() {
-                i.mark_dirty();
-            }
-        })?;
+        (source.clone())
+            .follow(
+                &slices_res,
+                &slices,
+                Arc::new(move |_, ev| {
+                    if !slice_service(&ev.object).is_empty() {
+                        i.mark_dirty();
+                    }
+                }),
+            )
+            .await?;
         let i = inner.clone();
         let me = cfg.node_name.clone();
-        nodes.start(&reg.cache, move |_, ev| {
-            if meta(&ev.object, "name") != me {
-                return;
-            }
-            let before = ev.prev.as_deref().map(node_ips);
-            let now = (ev.kind != EventType::Deleted).then(|| node_ips(&ev.object));
-            if before != now {
-                i.mark_dirty();
-            }
-        })?;
+        source
+            .follow(
+                &nodes_res,
+                &nodes,
+                Arc::new(move |_, ev| {
+                    if meta(&ev.object, "name") != me {
+                        return;
+                    }
+                    let before = ev.prev.as_deref().map(node_ips);
+                    let now = (ev.kind != EventType::Deleted).then(|| node_ips(&ev.object));
+                    if before != now {
+                        i.mark_dirty();
+                    }
+                }),
+            )
+            .await?;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_loop(inner, stop_rx));
         Ok(Proxy { stop, task, cfg })
