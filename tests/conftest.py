@@ -210,6 +210,21 @@ class AgentServer(Server):
                            + (self.data_dir / "server.log").read_text())
 
 
+def start_agent(args, log_path, timeout=60):
+    """Starts a `kobune agent` command line logging to `log_path`; returns the process once it has
+    joined (its log says so), or fails with the log."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=log)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("kobune agent exited:\n" + Path(log_path).read_text())
+        if "joined" in Path(log_path).read_text():
+            return proc
+        time.sleep(0.05)
+    raise RuntimeError("kobune agent did not join:\n" + Path(log_path).read_text())
+
+
 def wait_for(fn, timeout=15, what="condition", interval=0.2, retry_on=()):
     """Calls fn until it returns something truthy and returns that; exceptions of the `retry_on` types
     count as not yet. After `timeout` seconds, fails naming `what` and the last result."""

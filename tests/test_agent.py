@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KOBUNE, Server
+from conftest import KOBUNE, Server, start_agent
 from test_kubectl import new_ns
 
 GRACE = 15
@@ -25,20 +25,11 @@ class Agent:
 
     def __init__(self, server, count, prefix, token_file=None):
         self.log_path = Path(tempfile.mkdtemp(prefix="kobune-agent-")) / "agent.log"
-        self.log = open(self.log_path, "ab")
         token = ["--token-file", token_file] if token_file else ["--token", server.token]
-        self.proc = subprocess.Popen(
+        self.proc = start_agent(
             [KOBUNE, "agent", "--server", server.url, *token,
              "--server-ca", server.ca, "--simulate", str(count), "--node-name-prefix", prefix],
-            stdout=self.log, stderr=self.log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kobune agent exited:\n" + self.log_path.read_text())
-            if "joined" in self.log_path.read_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("kobune agent did not join:\n" + self.log_path.read_text())
+            self.log_path, timeout=30)
 
     def stop(self):
         if self.proc.poll() is None:

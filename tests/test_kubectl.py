@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import yaml
+from conftest import wait_for
 
 DEPLOY = """
 apiVersion: apps/v1
@@ -276,10 +277,12 @@ def test_delete_forms_and_wait(server, kubectl_bin):
         server.kubectl("apply", "-n", ns, "-f", "-", binary=kubectl_bin,
                        input=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}, labels: {{grp: {'xx' if i else 'yy'}}}}}\n")
     assert "deleted" in server.kubectl("delete", "cm", "-n", ns, "-l", "grp=xx", binary=kubectl_bin).stdout
-    assert server.kubectl("get", "cm", "-n", ns, "-o", "name", binary=kubectl_bin).stdout.split() == ["configmap/c0", "configmap/kube-root-ca.crt"] or \
-        "configmap/c0" in server.kubectl("get", "cm", "-n", ns, "-o", "name", binary=kubectl_bin).stdout
+    assert server.kubectl("get", "cm", "-n", ns, "-o", "name", binary=kubectl_bin).stdout.split() == [
+        "configmap/c0", "configmap/kube-root-ca.crt"]
     server.kubectl("delete", "cm", "--all", "-n", ns, binary=kubectl_bin)
-    assert server.kubectl("get", "cm", "-n", ns, "-o", "name", binary=kubectl_bin).stdout.strip() == ""
+    # Only the namespace's CA bundle comes back (its controller keeps it, as upstream's).
+    assert wait_for(lambda: server.kubectl("get", "cm", "-n", ns, "-o", "name", binary=kubectl_bin).stdout.split()
+                    == ["configmap/kube-root-ca.crt"], timeout=10, what="kube-root-ca.crt recreated")
     r = server.kubectl("get", "cm", "nope", "-n", ns, binary=kubectl_bin, check=False)
     assert r.returncode == 1 and 'configmaps "nope" not found' in r.stderr
     # A finalizer holds deletion until it is removed; wait --for=delete sees it go.

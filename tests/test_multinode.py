@@ -17,13 +17,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import KOBUNE, KUBECTL_137, NODE, AgentServer, free_port, require_containerd, wait_for
+from conftest import KOBUNE, KUBECTL_137, NODE, AgentServer, free_port, require_containerd, start_agent, wait_for
 
 require_containerd("tests/test_multinode.py")
 
@@ -76,22 +75,13 @@ class NetnsAgent:
     def __init__(self, server):
         self.base = Path(tempfile.mkdtemp(prefix="kobune-m2-"))
         self.log_path = self.base / "agent.log"
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_agent(
             # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts runc needs.
             ["nsenter", f"--net=/run/netns/{NETNS}", KOBUNE, "agent",
              "--server", f"https://{SERVER_IP}:{server.port}", "--token", server.token,
              "--server-ca", server.ca, "--data-dir", str(self.base / "agent"),
              "--node-name", AGENT_NODE, "--node-ip", AGENT_IP, "--kubelet-port", str(free_port())],
-            stdout=self.log, stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kobune agent exited:\n" + self.log_path.read_text())
-            if "joined" in self.log_path.read_text():
-                return
-            time.sleep(0.1)
-        raise RuntimeError("kobune agent did not join:\n" + self.log_path.read_text())
+            self.log_path)
 
     def netns_sh(self, *args, check=True):
         return sh("ip", "netns", "exec", NETNS, *args, check=check)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KOBUNE, NODE, AgentServer, free_port, require_containerd, wait_for
+from conftest import KOBUNE, NODE, AgentServer, free_port, require_containerd, start_agent, wait_for
 
 require_containerd("tests/test_remote_agent.py")
 
@@ -40,20 +40,11 @@ class RemoteAgent:
         self.start()
 
     def start(self):
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        self.proc = start_agent(
             [KOBUNE, "agent", "--server", self.server.url, "--token", self.server.token,
              "--server-ca", self.server.ca, "--data-dir", str(self.data_dir), "--node-name", self.name,
              "--kubelet-port", str(self.kubelet_port), "--disable-kube-proxy"],
-            stdout=self.log, stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("kobune agent exited:\n" + self.log_path.read_text())
-            if "joined" in self.log_path.read_text():
-                return
-            time.sleep(0.1)
-        raise RuntimeError("kobune agent did not join:\n" + self.log_path.read_text())
+            self.log_path)
 
     def stop(self):
         if self.proc.poll() is None:

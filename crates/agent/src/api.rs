@@ -69,6 +69,14 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn create_event(&self, ns: &str, event: Value) -> anyhow::Result<()>;
     /// Merge-patches an Event (count and lastTimestamp of repeats).
     async fn patch_event(&self, ns: &str, name: &str, patch: &Value) -> anyhow::Result<()>;
+    /// `TokenRequest` for ServiceAccount `ns/account` (`request` as its
+    /// body); returns the answered request, token in its status.
+    async fn request_token(
+        &self,
+        ns: &str,
+        account: &str,
+        request: &Value,
+    ) -> anyhow::Result<Value>;
     /// Starts whatever [`NodeApi::lookup`] needs (remote: watch caches);
     /// returns once they hold a first listing.
     async fn start_lookups(self: Arc<Self>) -> anyhow::Result<()>;
@@ -85,15 +93,17 @@ pub enum Lookup {
     ServiceAccount,
     PersistentVolumeClaim,
     PersistentVolume,
+    Service,
 }
 
 impl Lookup {
-    pub const ALL: [Lookup; 5] = [
+    pub const ALL: [Lookup; 6] = [
         Lookup::ConfigMap,
         Lookup::Secret,
         Lookup::ServiceAccount,
         Lookup::PersistentVolumeClaim,
         Lookup::PersistentVolume,
+        Lookup::Service,
     ];
 
     /// The resource's plural name (all are core/v1).
@@ -104,6 +114,7 @@ impl Lookup {
             Lookup::ServiceAccount => "serviceaccounts",
             Lookup::PersistentVolumeClaim => "persistentvolumeclaims",
             Lookup::PersistentVolume => "persistentvolumes",
+            Lookup::Service => "services",
         }
     }
 
@@ -150,7 +161,8 @@ pub struct LocalApi {
     pods: Arc<ResourceInfo>,
     namespaces: Arc<ResourceInfo>,
     events: Arc<ResourceInfo>,
-    lookups: [Arc<ResourceInfo>; 5],
+    /// In [`Lookup::ALL`]'s order.
+    lookups: Vec<Arc<ResourceInfo>>,
 }
 
 impl LocalApi {
@@ -161,13 +173,10 @@ impl LocalApi {
             pods: find(&registry, "", "v1", "pods")?,
             namespaces: find(&registry, "", "v1", "namespaces")?,
             events: find(&registry, "", "v1", "events")?,
-            lookups: [
-                find(&registry, "", "v1", Lookup::ConfigMap.plural())?,
-                find(&registry, "", "v1", Lookup::Secret.plural())?,
-                find(&registry, "", "v1", Lookup::ServiceAccount.plural())?,
-                find(&registry, "", "v1", Lookup::PersistentVolumeClaim.plural())?,
-                find(&registry, "", "v1", Lookup::PersistentVolume.plural())?,
-            ],
+            lookups: Lookup::ALL
+                .iter()
+                .map(|k| find(&registry, "", "v1", k.plural()))
+                .collect::<anyhow::Result<_>>()?,
             opts: WriteOptions {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
@@ -394,6 +403,16 @@ impl NodeApi for LocalApi {
             )
             .await
             .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn request_token(
+        &self,
+        ns: &str,
+        account: &str,
+        request: &Value,
+    ) -> anyhow::Result<Value> {
+        kobune_apiserver::serviceaccount::request_token(&self.registry, ns, account, request)
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 

@@ -7,7 +7,7 @@
 use crate::api::{Lookup, NodeApi, PodCache};
 use crate::logs::{PodLogIndex, PodLogInfo};
 use crate::probes::{has_probes, run_hook, Prober};
-use crate::volumes::{self, PodVolumes};
+use crate::volumes::{self, token_sources, IssuedToken, PodVolumes, Tokens};
 use base64::Engine;
 use kobune_apiserver::registry::now_rfc3339;
 use kobune_cri::pod::{
@@ -429,7 +429,7 @@ impl PodManager {
     ) -> Result<RunningPod, (String, String, bool)> {
         let t0 = Instant::now();
         if w.volumes.is_none() {
-            match self.setup_volumes(pod) {
+            match self.setup_volumes(pod).await {
                 Ok(v) => w.volumes = Some(v),
                 Err((vol, msg)) => {
                     let msg = format!("MountVolume.SetUp failed for volume \"{vol}\" : {msg}");
@@ -676,33 +676,87 @@ impl PodManager {
         (auths, missing)
     }
 
-    fn setup_volumes(&self, pod: &Value) -> Result<PodVolumes, (String, String)> {
-        let lookup = |secret: bool, ns: &str, name: &str| {
+    fn object_lookup(&self) -> impl Fn(bool, &str, &str) -> Option<Value> + '_ {
+        |secret: bool, ns: &str, name: &str| {
             let info = if secret {
                 Lookup::Secret
             } else {
                 Lookup::ConfigMap
             };
             self.lookup(info, ns, name)
-        };
-        PodVolumes::setup(&self.pods_root, pod, &lookup)
+        }
     }
 
-    fn refresh_volumes(&self, pod: &Value, w: &mut Worker) {
+    async fn setup_volumes(&self, pod: &Value) -> Result<PodVolumes, (String, String)> {
+        let tokens = self.tokens(pod, &Default::default()).await?;
+        PodVolumes::setup(&self.pods_root, pod, &self.object_lookup(), tokens)
+    }
+
+    async fn refresh_volumes(&self, pod: &Value, w: &mut Worker) {
+        let Some(current) = w.volumes.as_ref().map(|v| v.tokens.clone()) else {
+            return;
+        };
+        // A token that cannot be renewed now stays until the next pass.
+        let tokens = match self.tokens(pod, &current).await {
+            Ok(t) => t,
+            Err((vol, msg)) => {
+                tracing::warn!(volume = %vol, "renewing a service account token: {msg}");
+                current
+            }
+        };
         let Some(v) = w.volumes.as_mut() else {
             return;
         };
-        let lookup = |secret: bool, ns: &str, name: &str| {
-            let info = if secret {
-                Lookup::Secret
-            } else {
-                Lookup::ConfigMap
-            };
-            self.lookup(info, ns, name)
-        };
-        for name in v.refresh(pod, &lookup) {
+        for name in v.refresh(pod, &self.object_lookup(), tokens) {
             tracing::debug!(volume = %name, "volume content updated");
         }
+    }
+
+    /// The service account tokens `pod`'s projected volumes need: those in
+    /// `current` not yet due for renewal, and new ones bound to the pod
+    /// (TokenRequest), renewed at 80% of their lifetime as the kubelet does.
+    async fn tokens(&self, pod: &Value, current: &Tokens) -> Result<Tokens, (String, String)> {
+        let mut out = Tokens::new();
+        let now = Instant::now();
+        for src in token_sources(pod) {
+            if let Some(t) = current.get(&src.key).filter(|t| t.refresh_at > now) {
+                out.insert(src.key, t.clone());
+                continue;
+            }
+            let (ns, account) = (
+                str_at(pod, "/metadata/namespace"),
+                str_at(pod, "/spec/serviceAccountName"),
+            );
+            let request = json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {
+                    "audiences": src.audience.as_ref().map(|a| vec![a.clone()]),
+                    "expirationSeconds": src.expiration_seconds,
+                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                       "name": str_at(pod, "/metadata/name"),
+                                       "uid": str_at(pod, "/metadata/uid")}
+                }
+            });
+            let volume = src.key.split('/').next().unwrap_or_default().to_string();
+            let answer = self
+                .api
+                .request_token(ns, account, &request)
+                .await
+                .map_err(|e| (volume.clone(), format!("{e:#}")))?;
+            let token = answer
+                .pointer("/status/token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| (volume, "the TokenRequest answer has no token".to_string()))?;
+            let lifetime = Duration::from_secs(src.expiration_seconds.max(600) as u64);
+            out.insert(
+                src.key,
+                IssuedToken {
+                    token: token.to_string(),
+                    refresh_at: now + lifetime.mul_f64(0.8),
+                },
+            );
+        }
+        Ok(out)
     }
 
     fn pod_ref(pod: &Value) -> String {
@@ -861,7 +915,7 @@ impl PodManager {
 
     async fn sync_running(&self, pod: &Value, w: &mut Worker) -> Next {
         self.handle_probes(pod, w).await;
-        self.refresh_volumes(pod, w);
+        self.refresh_volumes(pod, w).await;
         let Some(r) = w.running.as_ref() else {
             return Next::Idle;
         };
@@ -1303,12 +1357,16 @@ impl PodManager {
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let ns = str_at(pod, "/metadata/namespace").to_string();
         let mut out = pod.clone();
+        let api_env = self
+            .lookup(Lookup::Service, "default", "kubernetes")
+            .map(|svc| master_service_env(&svc))
+            .unwrap_or_default();
         for field in ["initContainers", "containers"] {
             let Some(list) = out["spec"][field].as_array_mut() else {
                 continue;
             };
             for c in list {
-                let mut env: Vec<Value> = vec![];
+                let mut env: Vec<Value> = api_env.clone();
                 for src in c["envFrom"].as_array().into_iter().flatten() {
                     let prefix = src["prefix"].as_str().unwrap_or_default();
                     let (r, secret) = if src.get("secretRef").is_some() {
@@ -1352,6 +1410,11 @@ impl PodManager {
                         Some(Some(v)) => env.push(json!({"name": e["name"], "value": v})),
                     }
                 }
+                // A later definition wins, as the kubelet's map of variables.
+                let mut seen = std::collections::HashSet::new();
+                env.reverse();
+                env.retain(|e| seen.insert(e["name"].as_str().unwrap_or_default().to_string()));
+                env.reverse();
                 if c.get("env").is_some() || !env.is_empty() {
                     c["env"] = json!(env);
                 }
@@ -1441,6 +1504,36 @@ pub fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// The variables every container gets for the API server's Service, as
+/// the kubelet sets them (client-go's in-cluster config reads the first two).
+pub fn master_service_env(svc: &Value) -> Vec<Value> {
+    let ip = str_at(svc, "/spec/clusterIP");
+    let port = svc
+        .pointer("/spec/ports/0/port")
+        .and_then(Value::as_i64)
+        .unwrap_or(443);
+    if ip.is_empty() || ip == "None" {
+        return vec![];
+    }
+    let url = format!("tcp://{ip}:{port}");
+    [
+        ("KUBERNETES_SERVICE_HOST", ip.to_string()),
+        ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+        ("KUBERNETES_PORT", url.clone()),
+        (&format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (
+            &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
+            port.to_string(),
+        ),
+        (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| json!({"name": k, "value": v}))
+    .collect()
 }
 
 #[cfg(test)]

@@ -292,6 +292,24 @@ impl NodeApi for RemoteApi {
             .map_err(|e| err(format!("updating status of pod {ns}/{name}"), e))
     }
 
+    async fn request_token(
+        &self,
+        ns: &str,
+        account: &str,
+        request: &Value,
+    ) -> anyhow::Result<Value> {
+        let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{account}/token");
+        self.client
+            .json(Method::POST, &path, JSON, Some(request))
+            .await
+            .map_err(|e| {
+                err(
+                    format!("requesting a token for serviceaccount {ns}/{account}"),
+                    e,
+                )
+            })
+    }
+
     async fn create_event(&self, ns: &str, event: Value) -> anyhow::Result<()> {
         let path = format!("/api/v1/namespaces/{ns}/events?fieldManager={FIELD_MANAGER}");
         self.client

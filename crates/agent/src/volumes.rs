@@ -37,6 +37,50 @@ pub struct PodVolumes {
     pub paths: Map<String, Value>,
     /// What was last written to each payload volume.
     written: HashMap<String, Payload>,
+    /// The service account tokens in its projected volumes.
+    pub tokens: Tokens,
+}
+
+/// A service account token as issued for a projected volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedToken {
+    pub token: String,
+    /// When the kubelet asks for a new one: at 80% of its lifetime.
+    pub refresh_at: std::time::Instant,
+}
+
+/// Tokens by `volume/path`.
+pub type Tokens = BTreeMap<String, IssuedToken>;
+
+/// A `serviceAccountToken` projection: where it goes and what to ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSource {
+    /// `volume/path`.
+    pub key: String,
+    pub audience: Option<String>,
+    pub expiration_seconds: i64,
+}
+
+/// Every `serviceAccountToken` source of the pod's projected volumes.
+pub fn token_sources(pod: &Value) -> Vec<TokenSource> {
+    let mut out = vec![];
+    for v in volumes(pod) {
+        let sources = v.pointer("/projected/sources").and_then(Value::as_array);
+        for s in sources.into_iter().flatten() {
+            let Some(t) = s.get("serviceAccountToken").filter(|t| t.is_object()) else {
+                continue;
+            };
+            out.push(TokenSource {
+                key: format!("{}/{}", str_at(v, "/name"), str_at(t, "/path")),
+                audience: t["audience"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+                expiration_seconds: t["expirationSeconds"].as_i64().unwrap_or(3600),
+            });
+        }
+    }
+    out
 }
 
 /// The directory holding everything of pod `uid`.
@@ -64,10 +108,14 @@ impl PodVolumes {
         pods_root: &Path,
         pod: &Value,
         lookup: Lookup<'_>,
+        tokens: Tokens,
     ) -> Result<PodVolumes, MountError> {
         let uid = str_at(pod, "/metadata/uid");
         let root = pod_dir(pods_root, uid).join("volumes");
-        let mut out = PodVolumes::default();
+        let mut out = PodVolumes {
+            tokens,
+            ..PodVolumes::default()
+        };
         for v in volumes(pod) {
             let name = str_at(v, "/name").to_string();
             let err = |m: String| (name.clone(), m);
@@ -111,7 +159,7 @@ impl PodVolumes {
             if plugin.ends_with("empty-dir") || plugin.starts_with("kobune") {
                 let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
             }
-            if let Some(p) = payload(v, pod, lookup).map_err(err)? {
+            if let Some(p) = payload(v, pod, lookup, &out.tokens).map_err(err)? {
                 atomic_write(&dir, &p).map_err(|e| err(format!("writing files: {e}")))?;
                 out.written.insert(name.clone(), p);
             }
@@ -121,17 +169,18 @@ impl PodVolumes {
         Ok(out)
     }
 
-    /// Re-reads ConfigMaps/Secrets and rewrites volumes whose content
-    /// changed (errors keep the old content, as the kubelet does). Returns
-    /// the names of updated volumes.
-    pub fn refresh(&mut self, pod: &Value, lookup: Lookup<'_>) -> Vec<String> {
+    /// Re-reads ConfigMaps/Secrets (and takes `tokens`, renewed ones
+    /// included) and rewrites volumes whose content changed (errors keep the
+    /// old content, as the kubelet does). Returns the names of updated volumes.
+    pub fn refresh(&mut self, pod: &Value, lookup: Lookup<'_>, tokens: Tokens) -> Vec<String> {
+        self.tokens = tokens;
         let mut changed = vec![];
         for v in volumes(pod) {
             let name = str_at(v, "/name");
             let Some(old) = self.written.get(name) else {
                 continue;
             };
-            let Ok(Some(p)) = payload(v, pod, lookup) else {
+            let Ok(Some(p)) = payload(v, pod, lookup, &self.tokens) else {
                 continue;
             };
             if &p == old {
@@ -440,7 +489,12 @@ fn downward_files(
 }
 
 /// The files of a payload volume; `None` for other volume types.
-pub fn payload(vol: &Value, pod: &Value, lookup: Lookup<'_>) -> Result<Option<Payload>, String> {
+pub fn payload(
+    vol: &Value,
+    pod: &Value,
+    lookup: Lookup<'_>,
+    tokens: &Tokens,
+) -> Result<Option<Payload>, String> {
     let ns = str_at(pod, "/metadata/namespace");
     let mut out = Payload::new();
     if let Some(src) = vol.get("configMap").filter(|x| x.is_object()) {
@@ -461,6 +515,16 @@ pub fn payload(vol: &Value, pod: &Value, lookup: Lookup<'_>) -> Result<Option<Pa
                 object_files(c, true, ns, mode, lookup, &mut out)?;
             } else if let Some(c) = s.get("downwardAPI").filter(|x| x.is_object()) {
                 downward_files(c, pod, mode, &mut out)?;
+            } else if let Some(t) = s.get("serviceAccountToken").filter(|x| x.is_object()) {
+                let path = str_at(t, "/path");
+                let key = format!("{}/{path}", str_at(vol, "/name"));
+                let Some(issued) = tokens.get(&key) else {
+                    return Err(format!(
+                        "no token for service account {:?} yet",
+                        str_at(pod, "/spec/serviceAccountName")
+                    ));
+                };
+                out.insert(path.to_string(), (issued.token.clone().into_bytes(), mode));
             }
         }
     } else {
@@ -550,7 +614,7 @@ mod tests {
         });
         let cell = std::cell::RefCell::new(cm.clone());
         let lookup = |_s: bool, _ns: &str, name: &str| (name == "c").then(|| cell.borrow().clone());
-        let mut v = PodVolumes::setup(tmp.path(), &pod, &lookup).unwrap();
+        let mut v = PodVolumes::setup(tmp.path(), &pod, &lookup, Tokens::new()).unwrap();
         let dir = PathBuf::from(v.paths["cfg"].as_str().unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("key")).unwrap(), "v1");
         let items = PathBuf::from(v.paths["items"].as_str().unwrap());
@@ -564,10 +628,13 @@ mod tests {
         assert!(PathBuf::from(v.paths["scratch"].as_str().unwrap()).is_dir());
         cm["data"] = json!({"key": "v2"});
         *cell.borrow_mut() = cm;
-        assert_eq!(v.refresh(&pod, &lookup), vec!["cfg", "items"]);
+        assert_eq!(
+            v.refresh(&pod, &lookup, Tokens::new()),
+            vec!["cfg", "items"]
+        );
         assert_eq!(std::fs::read_to_string(dir.join("key")).unwrap(), "v2");
         assert!(!dir.join("other").exists());
-        assert!(v.refresh(&pod, &lookup).is_empty());
+        assert!(v.refresh(&pod, &lookup, Tokens::new()).is_empty());
         cleanup(tmp.path(), "u1");
         assert!(!tmp.path().join("u1").exists());
     }
@@ -578,7 +645,7 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
             "spec": {"volumes": [{"name": "cfg", "configMap": {"name": "x"}}]}});
         let lookup = |_s: bool, _ns: &str, _n: &str| None;
-        let e = PodVolumes::setup(tmp.path(), &pod, &lookup).unwrap_err();
+        let e = PodVolumes::setup(tmp.path(), &pod, &lookup, Tokens::new()).unwrap_err();
         assert_eq!(
             e,
             ("cfg".to_string(), "configmap \"x\" not found".to_string())

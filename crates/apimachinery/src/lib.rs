@@ -37,9 +37,26 @@ pub fn at<'v>(v: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Va
         })
 }
 
+/// The strings of a JSON array (other items skipped); empty for anything else.
+pub fn str_list(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn str_list_keeps_strings() {
+        assert_eq!(super::str_list(Some(&json!(["a", 1, "b"]))), vec!["a", "b"]);
+        assert!(super::str_list(Some(&json!("a"))).is_empty());
+        assert!(super::str_list(None).is_empty());
+    }
 
     #[test]
     fn at_reads_like_pointer() {

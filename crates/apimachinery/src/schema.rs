@@ -29,6 +29,13 @@ fn build_definitions() -> Map<String, Value> {
     generator.subschema_for::<Status>();
     let _ = std::marker::PhantomData::<WatchEvent<()>>;
     let mut defs = generator.take_definitions(true);
+    // Upstream never requires `metadata` (Go's ObjectMeta is optional), where
+    // k8s-openapi's review kinds (TokenReview, ...) have it non-optional.
+    for d in defs.values_mut() {
+        if let Some(req) = d.get_mut("required").and_then(Value::as_array_mut) {
+            req.retain(|f| f != "metadata");
+        }
+    }
     for m in crate::patch_meta::ENTRIES {
         let Some(prop) = defs
             .get_mut(m.definition)

@@ -81,16 +81,7 @@ impl Selector {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                let values: Vec<String> = e
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let values = crate::str_list(e.get("values"));
                 let op = e
                     .get("operator")
                     .and_then(Value::as_str)

@@ -333,7 +333,7 @@ async fn route(
     let user = cert_user.or_else(|| {
         bearer
             .strip_prefix("Bearer ")
-            .and_then(|t| auth::from_token(t.trim(), &state.admin_token))
+            .and_then(|t| bearer_user(state, t.trim()))
     });
     // Health and version are public, as upstream's system:public-info-viewer.
     match (segs.as_slice(), req.method()) {
@@ -580,10 +580,7 @@ async fn resource(
             let body = read_body(req.into_body()).await?;
             let obj = decode_object(ctx, &body, &mut opts)?;
             if !info.stored {
-                return Ok(json_response(
-                    201,
-                    &review(&info, obj, &ctx.user, &state.admin_token),
-                ));
+                return Ok(json_response(201, &review(&info, obj, &ctx.user, state)));
             }
             let res = reg.create(&info, ns, obj, &opts).await?;
             let mut r = json_response(201, &res.object);
@@ -916,20 +913,10 @@ async fn post_subresource(
                 .await?;
             Ok(json_response(201, &success_status(name, "", "Binding", "")))
         }
-        "token" => {
-            reg.get(info, ns, name).await?;
-            let secs = body
-                .pointer("/spec/expirationSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(3600);
-            let exp = chrono::Utc::now() + chrono::Duration::seconds(secs);
-            use rand::Rng;
-            let raw: [u8; 24] = rand::rng().random();
-            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            let mut out = body.clone();
-            out["status"] = json!({"token": format!("kobune.{}.{token}", ns.unwrap_or_default()), "expirationTimestamp": exp.format("%Y-%m-%dT%H:%M:%SZ").to_string()});
-            out["metadata"]["name"] = json!(name);
-            out["metadata"]["namespace"] = json!(ns);
+        "token" if info.plural == "serviceaccounts" => {
+            reg.cache.sync().await?;
+            let out =
+                crate::serviceaccount::request_token(reg, ns.unwrap_or("default"), name, &body)?;
             Ok(json_response(201, &out))
         }
         _ => Err(ApiError::method_not_allowed(format!(
@@ -939,8 +926,14 @@ async fn post_subresource(
     }
 }
 
+/// The user of a bearer token: the cluster token, or a service account token.
+fn bearer_user(state: &ApiState, token: &str) -> Option<UserInfo> {
+    auth::from_token(token, &state.admin_token)
+        .or_else(|| crate::serviceaccount::authenticate(&state.registry, token))
+}
+
 /// Answers review kinds (access reviews, self subject reviews) for the caller.
-fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, admin_token: &str) -> Value {
+fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, state: &ApiState) -> Value {
     match info.kind.as_str() {
         "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             let allowed = user.groups.iter().any(|g| g == "system:masters");
@@ -961,7 +954,7 @@ fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, admin_token: &st
                 .pointer("/spec/token")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            obj["status"] = match auth::from_token(token, admin_token) {
+            obj["status"] = match bearer_user(state, token) {
                 Some(u) => {
                     json!({"authenticated": true, "user": {"username": u.username, "groups": u.groups}})
                 }

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
+pub mod serviceaccount;
 pub mod strategy;
 pub mod streaming;
 pub mod table;
@@ -110,6 +111,10 @@ impl ApiServer {
             cache,
             resources: resources.clone(),
             service_cidr: parse_cidr(&cfg.service_cidr)?,
+            service_accounts: Some(Arc::new(serviceaccount::ServiceAccounts::load_or_create(
+                &cfg.data_dir.join("tls"),
+                &pki.ca_cert_pem,
+            )?)),
         });
         let kubelets = Arc::new(kubelet::Kubelets::default());
         let state = Arc::new(http::ApiState {
@@ -168,6 +173,69 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Publishes `ip` and the API port as the `kubernetes` Service's
+    /// endpoints (Endpoints and EndpointSlice), as kube-apiserver's
+    /// endpoint reconciler does with its advertise address, so pods reach
+    /// the API at `kubernetes.default.svc`.
+    pub async fn publish_endpoints(&self, ip: std::net::Ipv4Addr) -> Result<()> {
+        let reg = &self.registry;
+        let port = self.listen.port();
+        let opts = registry::WriteOptions {
+            field_manager: Some("kobune".into()),
+            ..Default::default()
+        };
+        let labels = json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
+        let endpoints = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "subsets": [{"addresses": [{"ip": ip.to_string()}],
+                         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+        });
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+        });
+        for (group, plural, want, fields) in [
+            ("", "endpoints", endpoints, &["subsets"][..]),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                slice,
+                &["endpoints", "ports"][..],
+            ),
+        ] {
+            let info = reg
+                .resources
+                .find(group, "v1", plural)
+                .context("built in")?;
+            match reg.get(&info, Some("default"), "kubernetes").await {
+                Ok(old) if fields.iter().all(|f| old[*f] == want[*f]) => {}
+                Ok(old) => {
+                    let mut obj = want;
+                    obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+                    reg.update(&info, Some("default"), "kubernetes", obj, &opts, None)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!("updating {plural} default/kubernetes: {e}")
+                        })?;
+                }
+                Err(e) if e.code == 404 => {
+                    reg.create(&info, Some("default"), want, &opts)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!("creating {plural} default/kubernetes: {e}")
+                        })?;
+                }
+                Err(e) => anyhow::bail!("reading {plural} default/kubernetes: {e}"),
+            }
+        }
+        Ok(())
+    }
+
     /// Serves the versions of established CRDs as they come and go.
     fn follow_crds(&self) {
         let reg = self.registry.clone();
@@ -190,7 +258,7 @@ impl ApiServer {
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) -> Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         loop {
-            let (tcp, _peer) = match listener.accept().await {
+            let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -209,7 +277,11 @@ impl ApiServer {
                 .await
                 {
                     Ok(Ok(t)) => t,
-                    _ => return,
+                    Ok(Err(e)) => {
+                        tracing::debug!(target: "kobune_apiserver::tls", %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
                 };
                 let user = tls
                     .get_ref()

@@ -82,6 +82,8 @@ pub struct Registry {
     pub cache: Arc<Cache>,
     pub resources: Arc<Resources>,
     pub service_cidr: (Ipv4Addr, u8),
+    /// Signs and checks service account tokens (none: pods get no token volume).
+    pub service_accounts: Option<Arc<crate::serviceaccount::ServiceAccounts>>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -134,15 +136,7 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    kobune_apimachinery::str_list(obj.pointer("/metadata/finalizers"))
 }
 
 /// Is the object waiting only for its finalizers (or the namespace's spec finalizers)?
@@ -192,7 +186,7 @@ thread_local! {
     static SUFFIX_CHARS: std::cell::Cell<&'static [u8]> = const { std::cell::Cell::new(GENERATE_CHARS) };
 }
 
-fn random_suffix() -> String {
+pub fn random_suffix() -> String {
     use rand::Rng;
     #[cfg(test)]
     let chars = SUFFIX_CHARS.get();
@@ -642,6 +636,9 @@ impl Registry {
                 "storage.k8s.io",
                 "storageclasses",
             ),
+            ("", "pods") => {
+                crate::serviceaccount::admit_pod(self, &mut obj, ns.unwrap_or_default())
+            }
             ("networking.k8s.io", "ingresses") => self.default_class(
                 &mut obj,
                 "ingressClassName",
@@ -1534,6 +1531,7 @@ mod tests {
                 .unwrap(),
             resources: Arc::new(Resources::new()),
             service_cidr: ("10.43.0.0".parse().unwrap(), 16),
+            service_accounts: None,
         };
         let info = reg.resources.find("", "v1", "namespaces").unwrap();
         // 3^5 = 243 possible names: 40 creates almost surely collide (p ~ 0.96)

@@ -44,6 +44,7 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod workload;
 
@@ -58,6 +59,7 @@ pub const FIELD_MANAGER: &str = "kobune-controller-manager";
 const GC_WORKERS: usize = 4;
 const HPA_WORKERS: usize = 2;
 const NAMESPACE_WORKERS: usize = 2;
+const SERVICEACCOUNT_WORKERS: usize = 2;
 const REPLICASET_WORKERS: usize = 5;
 const DEPLOYMENT_WORKERS: usize = 5;
 const JOB_WORKERS: usize = 5;
@@ -170,6 +172,9 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     )?;
     nl.start_informers()?;
     tokio::spawn(nl.run());
+    if registry.service_accounts.is_some() {
+        start_workload!(serviceaccount, "serviceaccount", SERVICEACCOUNT_WORKERS);
+    }
     tracing::info!("controllers started");
     Ok(())
 }

@@ -588,6 +588,7 @@ pub(crate) mod test_support {
             cache,
             resources: Arc::new(Resources::new()),
             service_cidr: ("10.43.0.0".parse().unwrap(), 16),
+            service_accounts: None,
         })
     }
 

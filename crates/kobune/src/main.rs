@@ -602,6 +602,18 @@ async fn server(args: ServerArgs) -> Result<()> {
         {
             tracing::warn!("Service kube-system/kube-dns not created within 10s; still trying");
         }
+        // Pods reach the API through the `kubernetes` Service: at the node's
+        // address, or on one machine at the pod network's gateway.
+        let advertise = match args.node_ip {
+            std::net::IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+            _ => Some(dns_ip),
+        }
+        .filter(|_| !args.bind_address.is_loopback());
+        if let Some(ip) = advertise {
+            if let Err(e) = server.publish_endpoints(ip).await {
+                tracing::warn!("publishing the kubernetes Service's endpoints: {e:#}");
+            }
+        }
         Some(handle)
     };
     // The service proxy (kube-proxy's role) runs where the node agent runs.

@@ -187,16 +187,7 @@ fn affinity_terms(pod_ns: &str, v: Option<&Value>) -> Vec<AffinityTerm> {
                         kobune_apimachinery::selectors::Requirement::In(String::new(), vec![]),
                     ])
                 });
-            let listed: Vec<String> = t
-                .get("namespaces")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let listed = kobune_apimachinery::str_list(t.get("namespaces"));
             let ns_sel = t.get("namespaceSelector");
             let namespaces = if listed.is_empty() && ns_sel.is_none() {
                 Some(vec![pod_ns.to_string()])
