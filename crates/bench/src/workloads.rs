@@ -512,11 +512,25 @@ async fn create_pods(
 }
 
 fn bare_pods(prefix: &str, n: usize, image: &str) -> Vec<(String, Bytes)> {
+    pods_of(prefix, n, |name| pod_body(name, image, prefix))
+}
+
+/// Bare pods as scheduler_perf creates them: its API server runs without
+/// the ServiceAccount admission plugin, so they carry no token volume.
+fn scheduler_perf_pods(prefix: &str, n: usize, image: &str) -> Vec<(String, Bytes)> {
+    pods_of(prefix, n, |name| {
+        let mut pod = pod_body(name, image, prefix);
+        pod["spec"]["automountServiceAccountToken"] = json!(false);
+        pod
+    })
+}
+
+fn pods_of(prefix: &str, n: usize, body: impl Fn(&str) -> Value) -> Vec<(String, Bytes)> {
     (0..n)
         .map(|i| {
             let name = format!("{prefix}-{i}");
-            let body = serde_json::to_vec(&pod_body(&name, image, prefix)).expect("json");
-            (name, body.into())
+            let bytes = serde_json::to_vec(&body(&name)).expect("json");
+            (name, bytes.into())
         })
         .collect()
 }
@@ -588,7 +602,7 @@ async fn sched_run(
     let t = server.target.clone();
     create_namespace(&t, NS).await?;
     let watch = PodWatch::open(&t, NS).await?;
-    let bodies = bare_pods("p", pods, &a.image);
+    let bodies = scheduler_perf_pods("p", pods, &a.image);
     eprintln!(
         "  {nodes} nodes up after {:.1} s; creating {pods} pods",
         setup.as_secs_f64()
@@ -661,7 +675,7 @@ async fn backlog(
     create_pods(
         &server.target,
         NS,
-        bare_pods("q", pods, &a.image),
+        scheduler_perf_pods("q", pods, &a.image),
         a.clients,
     )
     .await?;
