@@ -139,6 +139,15 @@ class Server:
     def json(self, *args, **kw):
         return json.loads(self.kubectl(*args, "-o", "json", **kw).stdout)
 
+    def kubectl_token(self, token, *args, ca=None, binary=None, check=True, input=None, extra=()):
+        """kubectl with only `token` (no client certificate) as its credential."""
+        cmd = [binary or KUBECTL_137, "--kubeconfig", "/dev/null", "--cache-dir", str(self.cache_dir),
+               "--server", self.url, "--token", token, "--certificate-authority", ca or self.ca, *extra, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=30)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{args} failed: {r.stderr}")
+        return r
+
     def client(self):
         import kubernetes
         cfg = kubernetes.client.Configuration()

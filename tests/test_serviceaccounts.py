@@ -28,13 +28,7 @@ def cluster():
 
 
 def with_token(cluster, token, *args, ca=None, check=True):
-    """kubectl with only `token` (no client certificate) as its credential."""
-    cmd = [KUBECTL_137, "--kubeconfig", "/dev/null", "--server", cluster.url, "--token", token,
-           "--certificate-authority", ca or cluster.ca, *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{args} failed: {r.stderr}")
-    return r
+    return cluster.kubectl_token(token, *args, ca=ca, check=check)
 
 
 def whoami(cluster, token, **kw):
@@ -62,7 +56,15 @@ def test_create_token_authenticates_until_the_account_is_gone(cluster):
     user = whoami(cluster, token)
     assert user["username"] == f"system:serviceaccount:{ns}:deployer"
     assert set(user["groups"]) == {"system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"}
-    assert "deployer" in with_token(cluster, token, "get", "sa", "-n", ns).stdout
+    # Authenticated is not authorized: the account may do nothing until a binding says so.
+    r = with_token(cluster, token, "get", "sa", "-n", ns, check=False)
+    assert r.returncode != 0 and (f'serviceaccounts is forbidden: User "system:serviceaccount:{ns}:deployer" '
+                                  f'cannot list resource "serviceaccounts" in API group "" in the namespace "{ns}"'
+                                  in r.stderr), r.stderr
+    cluster.kubectl("create", "rolebinding", "deployer-view", "--clusterrole=view",
+                    f"--serviceaccount={ns}:deployer", "-n", ns)
+    wait_for(lambda: "deployer" in with_token(cluster, token, "get", "sa", "-n", ns, check=False).stdout,
+             what="the binding to take effect")
     # TokenReview says the same.
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
     out = json.loads(cluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(review)).stdout)

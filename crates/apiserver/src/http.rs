@@ -6,6 +6,7 @@ use crate::auth::{self, UserInfo};
 use crate::cache::{rv_of, CacheEvent, EventType};
 use crate::discovery;
 use crate::openapi::{OpenApi, KUBE_VERSION};
+use crate::rbac;
 use crate::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchKind, Registry, WriteOptions,
 };
@@ -208,6 +209,7 @@ impl Ctx {
             field_validation,
             duplicates: vec![],
             force: self.flag("force"),
+            user: Some(self.user.clone()),
         })
     }
 
@@ -346,6 +348,10 @@ async fn route(
     let Some(user) = user else {
         return Err(ApiError::unauthorized());
     };
+    let user = match impersonated(state, &user, req.headers())? {
+        Some(as_user) => as_user,
+        None => user,
+    };
     let ctx = Ctx {
         query: parse_query(req.uri().query()),
         accept: hdr(header::ACCEPT),
@@ -353,6 +359,16 @@ async fn route(
         user_agent: hdr(header::USER_AGENT),
         user,
     };
+    let attrs = rbac::Attributes::of_request(
+        &segs,
+        req.method().as_str(),
+        ctx.flag("watch"),
+        ctx.q("fieldSelector").unwrap_or_default(),
+    );
+    let decision = rbac::authorize(&state.registry, &ctx.user, &attrs);
+    if !decision.allowed {
+        return Err(rbac::forbidden(&ctx.user, &attrs, &decision.reason));
+    }
     let aggregated = ctx.accept.contains("as=APIGroupDiscoveryList");
     let res = &state.resources;
     let get = req.method() == Method::GET;
@@ -580,7 +596,10 @@ async fn resource(
             let body = read_body(req.into_body()).await?;
             let obj = decode_object(ctx, &body, &mut opts)?;
             if !info.stored {
-                return Ok(json_response(201, &review(&info, obj, &ctx.user, state)));
+                return Ok(json_response(
+                    201,
+                    &review(&info, obj, &ctx.user, ns, state)?,
+                ));
             }
             let res = reg.create(&info, ns, obj, &opts).await?;
             let mut r = json_response(201, &res.object);
@@ -932,19 +951,87 @@ fn bearer_user(state: &ApiState, token: &str) -> Option<UserInfo> {
         .or_else(|| crate::serviceaccount::authenticate(&state.registry, token))
 }
 
+/// The user the `Impersonate-*` headers ask for, once the caller may act as them.
+fn impersonated(
+    state: &ApiState,
+    user: &UserInfo,
+    headers: &header::HeaderMap,
+) -> Result<Option<UserInfo>, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut extra: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in headers {
+        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-") {
+            if let Ok(v) = v.to_str() {
+                extra
+                    .entry(percent_decode(key))
+                    .or_default()
+                    .push(v.to_string());
+            }
+        }
+    }
+    rbac::impersonate(
+        &state.registry,
+        user,
+        values("impersonate-user").first().map(String::as_str),
+        &values("impersonate-group"),
+        values("impersonate-uid").first().map(String::as_str),
+        &extra,
+    )
+}
+
 /// Answers review kinds (access reviews, self subject reviews) for the caller.
-fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, state: &ApiState) -> Value {
+fn review(
+    info: &ResourceInfo,
+    mut obj: Value,
+    user: &UserInfo,
+    ns: Option<&str>,
+    state: &ApiState,
+) -> Result<Value, ApiError> {
+    let reg = &state.registry;
     match info.kind.as_str() {
-        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
-            let allowed = user.groups.iter().any(|g| g == "system:masters");
-            obj["status"] = json!({"allowed": allowed, "reason": if allowed { "kobune: member of system:masters" } else { "" }});
+        "SelfSubjectAccessReview" => {
+            obj["status"] = rbac::access_review(reg, user, &obj["spec"]);
+        }
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            let spec = &obj["spec"];
+            if let Some(ns) = ns {
+                let asked = spec
+                    .pointer("/resourceAttributes/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if asked != ns {
+                    return Err(ApiError::invalid(
+                        &info.kind,
+                        &info.group,
+                        "",
+                        vec![kobune_apimachinery::Cause::invalid(
+                            "spec.resourceAttributes.namespace",
+                            &json!(asked),
+                            &format!("must match metadata.namespace ({ns:?})"),
+                        )],
+                    ));
+                }
+            }
+            let subject = UserInfo {
+                username: spec["user"].as_str().unwrap_or_default().to_string(),
+                groups: kobune_apimachinery::str_list(spec.get("groups")),
+            };
+            obj["status"] = rbac::access_review(reg, &subject, spec);
         }
         "SelfSubjectRulesReview" => {
-            obj["status"] = json!({
-                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                "incomplete": false
-            });
+            let ns = obj
+                .pointer("/spec/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            obj["status"] = rbac::rules_review(reg, user, &ns);
         }
         "SelfSubjectReview" => {
             obj["status"] = json!({"userInfo": {"username": user.username, "groups": user.groups}});
@@ -966,7 +1053,7 @@ fn review(info: &ResourceInfo, mut obj: Value, user: &UserInfo, state: &ApiState
     if obj.get("metadata").is_none() {
         obj["metadata"] = json!({});
     }
-    obj
+    Ok(obj)
 }
 
 fn event_json(kind: &str, obj: Value) -> Bytes {

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod openapi_pb;
 pub mod pki;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod serviceaccount;
@@ -140,7 +141,8 @@ impl ApiServer {
         Ok(server)
     }
 
-    /// Default namespaces and the `kubernetes` Service, as a fresh cluster has.
+    /// Default namespaces, RBAC policy and the `kubernetes` Service, as a
+    /// fresh cluster has.
     async fn bootstrap(&self) -> Result<()> {
         let reg = &self.registry;
         let ns = reg
@@ -157,6 +159,17 @@ impl ApiServer {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(e) => anyhow::bail!("creating namespace {name}: {e}"),
+            }
+        }
+        for (plural, obj) in rbac::bootstrap_policy() {
+            let info = reg
+                .resources
+                .find(rbac::GROUP, "v1", plural)
+                .expect("built in");
+            match reg.create(&info, None, obj, &opts).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => anyhow::bail!("creating the default {plural}: {e}"),
             }
         }
         let svc = reg.resources.find("", "v1", "services").expect("built in");

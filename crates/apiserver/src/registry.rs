@@ -35,6 +35,9 @@ pub struct WriteOptions {
     /// Duplicate keys the decoder saw in the body.
     pub duplicates: Vec<String>,
     pub force: bool,
+    /// The requesting user, for checks that depend on who writes (RBAC
+    /// escalation); None for the server's own writes.
+    pub user: Option<crate::auth::UserInfo>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -656,6 +659,7 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
+        self.check_escalation(&storage, ns, &obj, opts)?;
         if !allocates && self.namespace_check(info, ns, &name).is_err() {
             // The namespace may have been written a moment ago.
             self.cache.sync().await?;
@@ -850,6 +854,13 @@ impl Registry {
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
+        }
+        // Metadata-only writes (labels, finalizers, owners) grant nothing.
+        let granting = ["rules", "aggregationRule", "subjects", "roleRef"]
+            .iter()
+            .any(|f| obj.get(*f) != current.get(*f));
+        if granting {
+            self.check_escalation(storage, meta(current, "namespace").as_deref(), &obj, opts)?;
         }
         if applied.is_none() {
             patch::track_update(
@@ -1375,6 +1386,22 @@ impl Registry {
     }
 
     /// The first address of the service range: the `kubernetes` Service's.
+    /// RBAC's escalation check for writes to roles and bindings by a user.
+    fn check_escalation(
+        &self,
+        storage: &ResourceInfo,
+        ns: Option<&str>,
+        obj: &Value,
+        opts: &WriteOptions,
+    ) -> Result<(), ApiError> {
+        match &opts.user {
+            Some(user) if storage.group == crate::rbac::GROUP => {
+                crate::rbac::check_escalation(self, user, &storage.plural, ns, obj)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn kubernetes_service_ip(&self) -> String {
         Ipv4Addr::from(u32::from(self.service_cidr.0) + 1).to_string()
     }

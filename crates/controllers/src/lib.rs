@@ -19,6 +19,10 @@
 //! - [`node_lifecycle`]: nodes not heard from go Unknown and tainted;
 //!   taint-based eviction; pods of deleted nodes are collected.
 //!
+//! - [`serviceaccount`]: every namespace's default ServiceAccount and CA bundle.
+//! - [`clusterrole_aggregation`]: aggregated ClusterRoles (`admin`, `edit`,
+//!   `view`) hold the rules of the roles their selectors match.
+//!
 //! - [`local_path`]: the default `local-path` StorageClass, its
 //!   provisioner and claim/volume binding.
 //! - [`leader`]: Lease-based leader election; only the holder runs the
@@ -30,6 +34,7 @@
 // ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -172,6 +177,7 @@ pub async fn start(registry: Arc<Registry>) -> anyhow::Result<()> {
     )?;
     nl.start_informers()?;
     tokio::spawn(nl.run());
+    start_workload!(clusterrole_aggregation, "clusterrole-aggregation", 1);
     if registry.service_accounts.is_some() {
         start_workload!(serviceaccount, "serviceaccount", SERVICEACCOUNT_WORKERS);
     }
