@@ -2,6 +2,7 @@
 //! (JSON, YAML, Table, PartialObjectMetadata), decodes bodies within the
 //! size limit, and streams watches.
 
+use crate::audit;
 use crate::auth::{self, UserInfo};
 use crate::cache::{rv_of, CacheEvent, EventType};
 use crate::discovery;
@@ -40,6 +41,7 @@ pub struct ApiState {
     pub openapi: OpenApi,
     pub admin_token: String,
     pub server_address: String,
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -150,25 +152,36 @@ fn shape(accept: &str) -> Shape {
     Shape::Object
 }
 
+/// A boolean parameter, parsed as Go's strconv.ParseBool (as upstream);
+/// a bare `?watch` counts as true.
+fn go_bool(v: Option<&str>) -> bool {
+    matches!(v, Some("1" | "t" | "T" | "true" | "TRUE" | "True" | ""))
+}
+
 struct Ctx {
     query: HashMap<String, String>,
     accept: String,
     content_type: String,
     user_agent: String,
     user: UserInfo,
+    audit: Option<AuditSlot>,
+}
+
+/// The audit record of a request being served, when auditing is on.
+type AuditSlot = Arc<std::sync::Mutex<audit::Record>>;
+
+fn with_record(slot: &Option<AuditSlot>, f: impl FnOnce(&mut audit::Record)) {
+    if let Some(s) = slot {
+        f(&mut s.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 }
 
 impl Ctx {
     fn q(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
     }
-    /// A boolean parameter, parsed as Go's strconv.ParseBool (as upstream);
-    /// a bare `?watch` counts as true.
     fn flag(&self, k: &str) -> bool {
-        matches!(
-            self.q(k),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True" | "")
-        )
+        go_bool(self.q(k))
     }
 
     fn write_options(&self) -> Result<WriteOptions, ApiError> {
@@ -268,18 +281,20 @@ fn decode_object(ctx: &Ctx, bytes: &[u8], opts: &mut WriteOptions) -> Result<Val
         .next()
         .unwrap_or_default()
         .trim();
-    match ct {
+    let obj = match ct {
         "" | "application/json" | "*/*" => {
             let d = decode_json(bytes)
                 .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
             opts.duplicates = d.duplicates;
-            Ok(d.value)
+            d.value
         }
         "application/yaml" => kobune_apimachinery::fields::decode_yaml(bytes)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
-        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(bytes),
-        other => Err(ApiError::unsupported_media_type(other)),
-    }
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(bytes)?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    with_record(&ctx.audit, |r| r.capture_request(&obj));
+    Ok(obj)
 }
 
 fn warning_headers(resp: &mut Response<Body>, warnings: &[String]) {
@@ -296,14 +311,19 @@ pub async fn handle(
     state: Arc<ApiState>,
     req: Request<Incoming>,
     cert_user: Option<UserInfo>,
+    peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match route(&state, req, cert_user).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
+    let slot = state.audit.as_ref().map(|_| new_record(&req, peer));
+    let (mut resp, err) = match route(&state, req, cert_user, slot.clone()).await {
+        Ok(r) => (r, None),
+        Err(e) => (error_response(&e), Some(e)),
     };
+    if let (Some(auditor), Some(slot)) = (&state.audit, slot) {
+        resp = finish_audit(auditor, &slot, resp, err.as_ref()).await;
+    }
     tracing::debug!(
         "{method} {path} -> {} in {:?}",
         resp.status(),
@@ -312,10 +332,103 @@ pub async fn handle(
     resp
 }
 
+fn new_record(req: &Request<Incoming>, peer: std::net::SocketAddr) -> AuditSlot {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    // X-Forwarded-For first, then the connection's address, as upstream.
+    let mut source_ips: Vec<String> = h("x-forwarded-for")
+        .split(',')
+        .map(str::trim)
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_string)
+        .collect();
+    let ip = peer.ip().to_canonical().to_string();
+    if !source_ips.contains(&ip) {
+        source_ips.push(ip);
+    }
+    Arc::new(std::sync::Mutex::new(audit::Record {
+        id: uuid::Uuid::new_v4().to_string(),
+        received: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        request_uri: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        user_agent: h("user-agent").to_string(),
+        source_ips,
+        ..Default::default()
+    }))
+}
+
+/// Logs the outcome of a request: ResponseComplete, or ResponseStarted for
+/// the long-running ones (watches, streams, followed logs), with the
+/// response object at RequestResponse level; sets the `Audit-Id` header.
+async fn finish_audit(
+    auditor: &audit::Auditor,
+    slot: &AuditSlot,
+    resp: Response<Body>,
+    err: Option<&ApiError>,
+) -> Response<Body> {
+    let (id, long_running, wants_response) = {
+        let r = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let long_running = r.attrs.as_ref().is_some_and(|a| {
+            a.verb == "watch"
+                || matches!(
+                    a.subresource.as_str(),
+                    "exec" | "attach" | "portforward" | "proxy"
+                )
+                || (a.subresource == "log" && r.request_uri.contains("follow=true"))
+        });
+        (r.id.clone(), long_running, r.wants_response())
+    };
+    let status = match err {
+        Some(e) => {
+            json!({"metadata": {}, "status": "Failure", "message": e.message, "reason": e.reason, "code": e.code})
+        }
+        None => json!({"metadata": {}, "code": resp.status().as_u16()}),
+    };
+    let (mut parts, body) = resp.into_parts();
+    let json_body = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let mut response_object = None;
+    let body = if wants_response && !long_running && json_body {
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        response_object = serde_json::from_slice::<Value>(&bytes).ok();
+        full(bytes)
+    } else {
+        body
+    };
+    let stage = if long_running {
+        audit::Stage::ResponseStarted
+    } else {
+        audit::Stage::ResponseComplete
+    };
+    {
+        let r = slot.lock().unwrap_or_else(|p| p.into_inner());
+        auditor.emit(&r, stage, Some(&status), response_object.as_ref());
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        parts.headers.insert("audit-id", v);
+    }
+    Response::from_parts(parts, body)
+}
+
 async fn route(
     state: &Arc<ApiState>,
     req: Request<Incoming>,
     cert_user: Option<UserInfo>,
+    audit: Option<AuditSlot>,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<String> = path
@@ -345,30 +458,53 @@ async fn route(
         (["version"], &Method::GET) => return Ok(json_response(200, &version())),
         _ => {}
     }
+    let query = parse_query(req.uri().query());
+    let attrs = rbac::Attributes::of_request(
+        &segs,
+        req.method().as_str(),
+        go_bool(query.get("watch").map(String::as_str)),
+        query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    );
+    if let (Some(auditor), Some(_)) = (&state.audit, &audit) {
+        with_record(&audit, |r| {
+            r.verdict = auditor.verdict(user.as_ref(), &attrs);
+            r.user = user.clone();
+            r.attrs = Some(attrs.clone());
+            r.api_version = match segs.as_slice() {
+                ["api", v, ..] => v.to_string(),
+                ["apis", _, v, ..] => v.to_string(),
+                _ => String::new(),
+            };
+            auditor.emit(r, audit::Stage::RequestReceived, None, None);
+        });
+    }
     let Some(user) = user else {
         return Err(ApiError::unauthorized());
     };
     let user = match impersonated(state, &user, req.headers())? {
-        Some(as_user) => as_user,
+        Some(as_user) => {
+            with_record(&audit, |r| r.impersonated = Some(as_user.clone()));
+            as_user
+        }
         None => user,
     };
+    let decision = rbac::authorize(&state.registry, &user, &attrs);
+    let allowed = decision.allowed;
+    with_record(&audit, |r| r.decision = Some(decision.clone()));
+    if !allowed {
+        return Err(rbac::forbidden(&user, &attrs, &decision.reason));
+    }
     let ctx = Ctx {
-        query: parse_query(req.uri().query()),
+        query,
         accept: hdr(header::ACCEPT),
         content_type: hdr(header::CONTENT_TYPE),
         user_agent: hdr(header::USER_AGENT),
         user,
+        audit,
     };
-    let attrs = rbac::Attributes::of_request(
-        &segs,
-        req.method().as_str(),
-        ctx.flag("watch"),
-        ctx.q("fieldSelector").unwrap_or_default(),
-    );
-    let decision = rbac::authorize(&state.registry, &ctx.user, &attrs);
-    if !decision.allowed {
-        return Err(rbac::forbidden(&ctx.user, &attrs, &decision.reason));
-    }
     let aggregated = ctx.accept.contains("as=APIGroupDiscoveryList");
     let res = &state.resources;
     let get = req.method() == Method::GET;
@@ -660,6 +796,7 @@ async fn resource(
                     d.value
                 }
             };
+            with_record(&ctx.audit, |r| r.capture_request(&patch));
             if sub == Some("scale") {
                 let cur = reg.get(&info, ns, name).await?;
                 let scale = to_scale(&info, &cur);

@@ -5,6 +5,7 @@
 // ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
 pub mod auth;
 pub mod binding;
 pub mod cache;
@@ -48,6 +49,8 @@ pub struct Config {
     pub datastore_endpoint: String,
     /// Events kept for watches resuming from a resourceVersion.
     pub watch_cache_size: usize,
+    /// Where to write the audit log, if anywhere.
+    pub audit: Option<audit::Config>,
 }
 
 pub struct ApiServer {
@@ -125,6 +128,7 @@ impl ApiServer {
             openapi: openapi::OpenApi::default(),
             admin_token: pki.token.clone(),
             server_address: cfg.listen.to_string(),
+            audit: cfg.audit.as_ref().map(audit::Auditor::start).transpose()?,
         });
         let tls = Arc::new(tls_config(&pki)?);
         let server = ApiServer {
@@ -306,7 +310,9 @@ impl ApiServer {
                     let state = state.clone();
                     let user = user.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(http::handle(state, req, user).await)
+                        Ok::<_, std::convert::Infallible>(
+                            http::handle(state, req, user, peer).await,
+                        )
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

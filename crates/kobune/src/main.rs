@@ -315,6 +315,38 @@ async fn images(args: ImagesArgs) -> Result<()> {
     Ok(())
 }
 
+/// The audit log settings, from the flags and any `--kube-apiserver-arg`.
+fn audit_config(args: &ServerArgs) -> Result<Option<kobune_apiserver::audit::Config>> {
+    let mut path = args.audit_log_path.clone();
+    let mut policy = args.audit_policy_file.clone();
+    let mut max_size_mb = args.audit_log_maxsize;
+    let mut max_backups = args.audit_log_maxbackup;
+    for a in &args.kube_apiserver_arg {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--kube-apiserver-arg {a:?}: want KEY=VALUE"))?;
+        let number = || format!("--kube-apiserver-arg {k}: {v:?} is not a number");
+        match k.trim_start_matches('-') {
+            "audit-log-path" => path = Some(v.into()),
+            "audit-policy-file" => policy = Some(v.into()),
+            "audit-log-maxsize" => max_size_mb = v.parse().with_context(number)?,
+            "audit-log-maxbackup" => max_backups = v.parse().with_context(number)?,
+            other => anyhow::bail!(
+                "--kube-apiserver-arg {other}: not supported by kobune (audit-log-path, audit-policy-file, audit-log-maxsize and audit-log-maxbackup are)"
+            ),
+        }
+    }
+    if path.is_none() && policy.is_some() {
+        anyhow::bail!("--audit-policy-file needs --audit-log-path");
+    }
+    Ok(path.map(|path| kobune_apiserver::audit::Config {
+        path,
+        policy,
+        max_size_mb,
+        max_backups,
+    }))
+}
+
 /// Flags follow k3s's names where the concept is the same.
 #[derive(clap::Args)]
 struct ServerArgs {
@@ -361,6 +393,22 @@ struct ServerArgs {
     /// Recent events kept so watches can resume (kube-apiserver's --default-watch-cache-size).
     #[arg(long, default_value_t = kobune_apiserver::cache::DEFAULT_HISTORY)]
     watch_cache_size: usize,
+    /// Write an audit log here ("-": standard output), as kube-apiserver's flag.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Audit policy (an audit.k8s.io/v1 Policy); without one, every request is logged at Metadata.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Rotate the audit log when it passes this many megabytes (0: never).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs to keep (0: all).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxbackup: usize,
+    /// A kube-apiserver flag as k3s takes it, KEY=VALUE (repeatable); the audit-log-path,
+    /// audit-policy-file, audit-log-maxsize and audit-log-maxbackup keys are understood.
+    #[arg(long, value_name = "KEY=VALUE")]
+    kube_apiserver_arg: Vec<String>,
     /// HTTP port of the built-in Ingress controller (0: no HTTP listener).
     #[arg(long, default_value_t = 80)]
     ingress_http_port: u16,
@@ -404,6 +452,7 @@ fn default_data_dir() -> PathBuf {
 
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
+    let audit = audit_config(&args)?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -438,6 +487,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         service_cidr: args.service_cidr.clone(),
         datastore_endpoint: args.datastore_endpoint.clone(),
         watch_cache_size: args.watch_cache_size.max(1),
+        audit,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
