@@ -267,6 +267,22 @@ def test_pod_in_another_namespace_reaches_service_and_itself(node):
     web = sorted(names)[0]
     answers = [fetch(web, "srv") for _ in range(8)]
     assert all(a in names for a in answers), answers
+    # Pods started after the Service get its Docker-link variables (not the other namespace's
+    # pods); enableServiceLinks: false keeps only the API's.
+    off = json.dumps({"spec": {"enableServiceLinks": False}})
+    for pod, extra in (("linked", []), ("unlinked", [f"--overrides={off}"])):
+        node.kubectl("run", pod, "-n", "srv", f"--image={IMAGE}", "--image-pull-policy=Never",
+                     "--restart=Never", *extra, "--", "sleep", "3600")
+    node.kubectl("wait", "--for=condition=Ready", "pod/linked", "pod/unlinked", "-n", "srv", "--timeout=30s")
+    env = lambda pod, ns="srv": dict(line.split("=", 1) for line in node.kubectl(
+        "exec", pod, "-n", ns, "--", "env").stdout.splitlines() if "=" in line)
+    linked = env("linked")
+    assert linked["WEB_SERVICE_HOST"] == cip and linked["WEB_SERVICE_PORT"] == "80"
+    assert linked["WEB_PORT"] == f"tcp://{cip}:80" and linked["WEB_PORT_80_TCP_ADDR"] == cip
+    assert "KUBERNETES_SERVICE_HOST" in linked
+    unlinked = env("unlinked")
+    assert "WEB_SERVICE_HOST" not in unlinked and "KUBERNETES_SERVICE_HOST" in unlinked
+    assert "WEB_SERVICE_HOST" not in env("client", "client")
 
 
 @needs_node

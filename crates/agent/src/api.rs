@@ -83,6 +83,8 @@ pub trait NodeApi: Send + Sync + 'static {
     /// A ConfigMap, Secret, ServiceAccount, PersistentVolumeClaim or
     /// (with `ns` empty) PersistentVolume from a local copy.
     fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value>;
+    /// Every object of a kind in namespace `ns`, from the same local copy.
+    fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value>;
 }
 
 /// The objects a real node reads by name while running pods.
@@ -448,5 +450,14 @@ impl NodeApi for LocalApi {
         let i = Lookup::ALL.iter().position(|k| *k == kind)?;
         let ns = kind.namespaced().then_some(ns);
         self.registry.get_cached(&self.lookups[i], ns, name).ok()
+    }
+
+    fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {
+        let Some(i) = Lookup::ALL.iter().position(|k| *k == kind) else {
+            return vec![];
+        };
+        let prefix = self.registry.prefix(&self.lookups[i], Some(ns));
+        let (items, _) = self.registry.cache.list(&prefix, None);
+        items.into_iter().map(|(_, v)| (*v).clone()).collect()
     }
 }

@@ -1328,6 +1328,30 @@ impl PodManager {
         self.api.lookup(kind, ns, name)
     }
 
+    /// The Docker-links variables of the Services a pod sees, as the
+    /// kubelet sets them: those of its namespace (unless
+    /// `enableServiceLinks` is false) and always the API's `kubernetes`.
+    fn service_env(&self, pod: &Value) -> Vec<Value> {
+        let ns = str_at(pod, "/metadata/namespace");
+        let links = pod
+            .pointer("/spec/enableServiceLinks")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let mut services: std::collections::BTreeMap<String, Value> = if links {
+            self.api
+                .lookup_all(Lookup::Service, ns)
+                .into_iter()
+                .map(|s| (str_at(&s, "/metadata/name").to_string(), s))
+                .collect()
+        } else {
+            Default::default()
+        };
+        if let Some(api) = self.lookup(Lookup::Service, "default", "kubernetes") {
+            services.entry("kubernetes".into()).or_insert(api);
+        }
+        services.values().flat_map(service_link_env).collect()
+    }
+
     /// One value from a ConfigMap (`data`/`binaryData`) or Secret.
     fn ref_value(&self, ns: &str, secret: bool, r: &Value) -> Result<Option<String>, String> {
         let name = r["name"].as_str().unwrap_or_default();
@@ -1357,10 +1381,7 @@ impl PodManager {
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let ns = str_at(pod, "/metadata/namespace").to_string();
         let mut out = pod.clone();
-        let api_env = self
-            .lookup(Lookup::Service, "default", "kubernetes")
-            .map(|svc| master_service_env(&svc))
-            .unwrap_or_default();
+        let api_env = self.service_env(pod);
         for field in ["initContainers", "containers"] {
             let Some(list) = out["spec"][field].as_array_mut() else {
                 continue;
@@ -1506,39 +1527,85 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// The variables every container gets for the API server's Service, as
-/// the kubelet sets them (client-go's in-cluster config reads the first two).
-pub fn master_service_env(svc: &Value) -> Vec<Value> {
+/// The variables one Service gives a container (upstream's
+/// `envvars.FromServices`): `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT[_PORTNAME]`
+/// and the `NAME_PORT[_N_PROTO[_PROTO|_PORT|_ADDR]]` links; none for a
+/// headless Service or one without a cluster IP.
+pub fn service_link_env(svc: &Value) -> Vec<Value> {
     let ip = str_at(svc, "/spec/clusterIP");
-    let port = svc
-        .pointer("/spec/ports/0/port")
-        .and_then(Value::as_i64)
-        .unwrap_or(443);
-    if ip.is_empty() || ip == "None" {
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    if ip.is_empty() || ip == "None" || ports.is_empty() {
         return vec![];
     }
-    let url = format!("tcp://{ip}:{port}");
-    [
-        ("KUBERNETES_SERVICE_HOST", ip.to_string()),
-        ("KUBERNETES_SERVICE_PORT", port.to_string()),
-        ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
-        ("KUBERNETES_PORT", url.clone()),
-        (&format!("KUBERNETES_PORT_{port}_TCP"), url),
-        (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
-        (
-            &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
-            port.to_string(),
-        ),
-        (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| json!({"name": k, "value": v}))
-    .collect()
+    let name = str_at(svc, "/metadata/name")
+        .to_uppercase()
+        .replace('-', "_");
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let mut vars: Vec<(String, String)> = vec![(format!("{name}_SERVICE_HOST"), ip.to_string())];
+    for (i, p) in ports.iter().enumerate() {
+        let port = p["port"].as_i64().unwrap_or(0);
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        if i == 0 {
+            vars.push((format!("{name}_SERVICE_PORT"), port.to_string()));
+        }
+        if let Some(pn) = p["name"].as_str().filter(|n| !n.is_empty()) {
+            let pn = pn.to_uppercase().replace('-', "_");
+            vars.push((format!("{name}_SERVICE_PORT_{pn}"), port.to_string()));
+        }
+        let url = format!("{}://{host}:{port}", proto.to_lowercase());
+        if i == 0 {
+            vars.push((format!("{name}_PORT"), url.clone()));
+        }
+        let link = format!("{name}_PORT_{port}_{}", proto.to_uppercase());
+        vars.push((format!("{link}_PROTO"), proto.to_lowercase()));
+        vars.push((format!("{link}_PORT"), port.to_string()));
+        vars.push((format!("{link}_ADDR"), ip.to_string()));
+        vars.push((link, url));
+    }
+    vars.into_iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_give_docker_link_variables() {
+        let svc = json!({"metadata": {"name": "redis-primary"}, "spec": {"clusterIP": "10.43.0.11",
+            "ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let env: Vec<(String, String)> = service_link_env(&svc)
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want = [
+            ("REDIS_PRIMARY_SERVICE_HOST", "10.43.0.11"),
+            ("REDIS_PRIMARY_SERVICE_PORT", "6379"),
+            ("REDIS_PRIMARY_SERVICE_PORT_REDIS", "6379"),
+            ("REDIS_PRIMARY_PORT", "tcp://10.43.0.11:6379"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_PROTO", "tcp"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_PORT", "6379"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_ADDR", "10.43.0.11"),
+            ("REDIS_PRIMARY_PORT_6379_TCP", "tcp://10.43.0.11:6379"),
+            ("REDIS_PRIMARY_PORT_53_UDP_PROTO", "udp"),
+            ("REDIS_PRIMARY_PORT_53_UDP_PORT", "53"),
+            ("REDIS_PRIMARY_PORT_53_UDP_ADDR", "10.43.0.11"),
+            ("REDIS_PRIMARY_PORT_53_UDP", "udp://10.43.0.11:53"),
+        ];
+        assert_eq!(env, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        let headless = json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}});
+        assert!(service_link_env(&headless).is_empty());
+    }
 
     #[test]
     fn arp_table_lookup() {

@@ -352,6 +352,23 @@ impl NodeApi for RemoteApi {
         let cache = self.lookups.get()?.get(i)?;
         cache.lock().get(&format!("{ns}/{name}")).cloned()
     }
+
+    fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {
+        let Some(cache) = Lookup::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.lookups.get()?.get(i))
+        else {
+            return vec![];
+        };
+        let prefix = format!("{ns}/");
+        cache
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
 }
 
 /// What a list + watch feeds: each object seen, and whole listings.

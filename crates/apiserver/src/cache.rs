@@ -134,14 +134,31 @@ impl Cache {
         if start >= rev {
             return (history, rev);
         }
-        let Ok(mut stream) = store.watch(ROOT, start).await else {
-            return (history, rev);
+        let mut stream = match store.watch(ROOT, start).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    "watch history after {start} unavailable ({e}): watches resume from {rev} on"
+                );
+                return (history, rev);
+            }
         };
         let mut last: std::collections::HashMap<String, Arc<Value>> = Default::default();
         loop {
-            let item = match tokio::time::timeout(Duration::from_secs(2), stream.recv()).await {
+            let item = match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
                 Ok(Some(Ok(ev))) => ev,
-                _ => return (VecDeque::new(), rev),
+                outcome => {
+                    let why = match outcome {
+                        Ok(Some(Err(e))) => e.to_string(),
+                        Ok(None) => "the store's watch ended".into(),
+                        _ => "no event for 5 s".into(),
+                    };
+                    tracing::warn!(
+                        "loading watch history {start}..{rev} stopped at {} events: {why}; watches resume from {rev} on",
+                        history.len()
+                    );
+                    return (VecDeque::new(), rev);
+                }
             };
             let r = item.kv.mod_revision;
             if r > rev {
