@@ -117,6 +117,10 @@ pub struct PodManager {
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How long a service account token whose renewal failed is kept before
+/// the next attempt.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+
 /// A new pod may get the IP of a pod that is gone, whose MAC the host may
 /// still cache (a STALE neighbour entry is re-checked only after seconds,
 /// and until then host-to-pod packets go nowhere): forget it.
@@ -696,12 +700,18 @@ impl PodManager {
         let Some(current) = w.volumes.as_ref().map(|v| v.tokens.clone()) else {
             return;
         };
-        // A token that cannot be renewed now stays until the next pass.
+        // A token that cannot be renewed now stays, and is tried again
+        // after TOKEN_RETRY rather than on every pass.
         let tokens = match self.tokens(pod, &current).await {
             Ok(t) => t,
             Err((vol, msg)) => {
-                tracing::warn!(volume = %vol, "renewing a service account token: {msg}");
-                current
+                tracing::warn!(volume = %vol, "renewing a service account token (retrying in {TOKEN_RETRY:?}): {msg}");
+                let now = Instant::now();
+                let mut kept = current;
+                for t in kept.values_mut().filter(|t| t.refresh_at <= now) {
+                    t.refresh_at = now + TOKEN_RETRY;
+                }
+                kept
             }
         };
         let Some(v) = w.volumes.as_mut() else {

@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use kobune_apimachinery::{at, ApiError, Cause};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// The issuer, and the audience the API server accepts (upstream's
@@ -64,7 +65,13 @@ pub struct ServiceAccounts {
     decoding: DecodingKey,
     key_id: String,
     pub root_ca_pem: String,
+    /// Claims of tokens whose signature was checked, by the token's
+    /// SHA-256: a pod's client sends the same token with every request.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered at most (expired ones go first).
+const VERIFIED_MAX: usize = 4096;
 
 impl ServiceAccounts {
     /// Loads `dir/service-account.key`, creating it on first start.
@@ -89,6 +96,7 @@ impl ServiceAccounts {
             decoding: DecodingKey::from_ec_pem(public.as_bytes())?,
             key_id,
             root_ca_pem: root_ca_pem.to_string(),
+            verified: Default::default(),
         })
     }
 
@@ -101,6 +109,26 @@ impl ServiceAccounts {
     /// The claims of a token this cluster signed for the API's audience,
     /// if it has not expired.
     pub fn verify(&self, token: &str) -> Option<Claims> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let live = |c: &Claims| c.nbf <= now && now < c.exp;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&key).filter(|c| live(c)) {
+            return Some(c.clone());
+        }
+        let claims = self.check_signature(token)?;
+        if cache.len() >= VERIFIED_MAX {
+            cache.retain(|_, c| live(c));
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, claims.clone());
+        Some(claims)
+    }
+
+    fn check_signature(&self, token: &str) -> Option<Claims> {
         let mut v = Validation::new(Algorithm::ES256);
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[ISSUER]);
@@ -384,5 +412,24 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(token.find('.').unwrap() + 3, 'x');
         assert!(sa.verify(&tampered).is_none());
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_while_valid() {
+        let (_d, sa) = accounts();
+        let good = claims(600, ISSUER);
+        let token = sa.sign(&good).unwrap();
+        assert!(sa.verify(&token).is_some());
+        assert_eq!(sa.verified.lock().unwrap().len(), 1);
+        // A remembered entry is what the next request gets...
+        let key = *sa.verified.lock().unwrap().keys().next().unwrap();
+        sa.verified.lock().unwrap().get_mut(&key).unwrap().iat -= 1;
+        assert_eq!(sa.verify(&token).unwrap().iat, good.iat - 1);
+        // ...until it is past its expiry: then the token is checked again.
+        sa.verified.lock().unwrap().get_mut(&key).unwrap().exp -= 1200;
+        assert_eq!(sa.verify(&token), Some(good));
+        // Refused tokens are not remembered.
+        assert!(sa.verify(&sa.sign(&claims(-5, ISSUER)).unwrap()).is_none());
+        assert_eq!(sa.verified.lock().unwrap().len(), 1);
     }
 }
