@@ -165,3 +165,20 @@ def test_python_client_websocket_exec(node):
     out = stream(core.connect_get_namespaced_pod_exec, "web", NS, command=["echo", "ws"],
                  stderr=True, stdin=False, stdout=True, tty=False)
     assert out == "ws\n"
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_cp_copies_files_both_ways(node, version, tmp_path):
+    # kubectl cp runs tar in the container over exec.
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "config.yml").write_text("mode: fast\n")
+    (src / "sub").mkdir()
+    (src / "sub" / "data.bin").write_bytes(bytes(range(256)) * 64)
+    node.kubectl("cp", str(src), f"{NS}/web:/tmp/in-{version}", binary=KUBECTLS[version])
+    r = node.kubectl("exec", "web", "-n", NS, "--", "cat", f"/tmp/in-{version}/config.yml")
+    assert r.stdout == "mode: fast\n"
+    back = tmp_path / "back"
+    node.kubectl("cp", f"{NS}/web:/tmp/in-{version}", str(back), binary=KUBECTLS[version])
+    assert (back / "config.yml").read_text() == "mode: fast\n"
+    assert (back / "sub" / "data.bin").read_bytes() == bytes(range(256)) * 64

@@ -43,7 +43,7 @@ pub static WEBAPP_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weba
 pub const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "sleep", "wget", "nc", "httpd", "env", "ps", "kill", "mkdir", "rm",
     "grep", "date", "hostname", "ip", "nslookup", "true", "false", "tail", "head", "touch", "id",
-    "whoami", "seq",
+    "whoami", "seq", "tar", "cp", "mv", "sed", "wc", "find", "chmod",
 ];
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
