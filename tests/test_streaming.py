@@ -4,6 +4,7 @@ server. Driven with kubectl 1.32 and 1.37 (WebSocket first, SPDY/3.1
 fallback) and the Python client's WebSocket `stream`. Needs root and
 containerd; skipped when containerd is not installed (a failure when CI=1)."""
 
+import json
 import os
 import pty
 import re
@@ -16,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import KUBECTLS, NODE, AgentServer, require_containerd
+from conftest import KUBECTLS, NODE, AgentServer, require_containerd, wait_for
 
 require_containerd("tests/test_streaming.py")
 
@@ -182,3 +183,62 @@ def test_cp_copies_files_both_ways(node, version, tmp_path):
     node.kubectl("cp", f"{NS}/web:/tmp/in-{version}", str(back), binary=KUBECTLS[version])
     assert (back / "config.yml").read_text() == "mode: fast\n"
     assert (back / "sub" / "data.bin").read_bytes() == bytes(range(256)) * 64
+
+
+def test_kubectl_debug_adds_an_ephemeral_container(node):
+    # Non-interactive: the debug container shares the target's process namespace,
+    # so it sees httpd; it runs once and its output is in its log.
+    r = node.kubectl("debug", "web", "-n", NS, f"--image={IMAGE}", "--image-pull-policy=Never",
+                     "--target=web", "-c", "dbg", "--", "sh", "-c", "ps; echo debugged")
+    assert r.returncode == 0, r.stderr
+
+    def finished():
+        pod = node.json("get", "pod", "web", "-n", NS)
+        st = {s["name"]: s for s in pod["status"].get("ephemeralContainerStatuses", [])}
+        return st.get("dbg", {}).get("state", {}).get("terminated")
+    term = wait_for(finished, timeout=30, what="the debug container to run")
+    assert term["exitCode"] == 0
+    out = node.kubectl("logs", "web", "-n", NS, "-c", "dbg").stdout
+    assert "debugged" in out and "httpd" in out, out
+    pod = node.json("get", "pod", "web", "-n", NS)
+    assert [c["name"] for c in pod["spec"]["ephemeralContainers"]] == ["dbg"]
+    # The app container was left alone; an ephemeral container cannot be changed or removed.
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    r = node.kubectl("replace", "--raw", f"/api/v1/namespaces/{NS}/pods/web/ephemeralcontainers", "-f", "-",
+                     input=json.dumps({**pod, "spec": {**pod["spec"], "ephemeralContainers": []}}), check=False)
+    assert r.returncode != 0 and 'existing ephemeral containers "dbg" may not be removed' in r.stderr, r.stderr
+    # A debug container with a name already taken is refused with the field that is wrong.
+    r = node.kubectl("debug", "web", "-n", NS, f"--image={IMAGE}", "-c", "web", "--", "true", check=False)
+    assert r.returncode != 0 and "spec.ephemeralContainers[1].name: Duplicate value" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_debug_attaches_to_the_new_container(node, version):
+    # As a user at a terminal: stdin stays open while the answer comes back.
+    name = "dbg" + version.replace(".", "")
+    p = subprocess.Popen([KUBECTLS[version], "--kubeconfig", str(node.kubeconfig), "debug", "web", "-n", NS, "-i",
+                          f"--image={IMAGE}", "--image-pull-policy=Never", "-c", name, "--",
+                          "sh", "-c", "read line; echo got $line"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def running():
+        st = node.json("get", "pod", "web", "-n", NS)["status"].get("ephemeralContainerStatuses", [])
+        return any(s["name"] == name and "running" in s["state"] for s in st)
+    try:
+        wait_for(running, timeout=30, what="the debug container running")
+        time.sleep(0.5)  # kubectl attaches once it sees the container running
+        p.stdin.write(b"hello\n")
+        p.stdin.flush()
+        out = b""
+        deadline = time.time() + 20
+        while b"got hello" not in out and time.time() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        p.kill()
+        err = p.communicate()[1]
+    assert b"got hello" in out, (out, err)

@@ -139,9 +139,9 @@ impl NodeLogs {
             .into_iter()
             .flatten()
             .chain(
-                pod.pointer("/spec/initContainers")
-                    .and_then(Value::as_array)
-                    .into_iter()
+                ["/spec/initContainers", "/spec/ephemeralContainers"]
+                    .iter()
+                    .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
                     .flatten(),
             )
             .filter_map(|c| c["name"].as_str())

@@ -275,6 +275,7 @@ impl PodManager {
             .init_containers
             .iter()
             .chain(&r.containers)
+            .chain(&r.ephemeral_containers)
             .map(|c| (c.name.clone(), (c.container_id.clone(), c.restart_count)))
             .collect();
         lock(&self.log_index).insert(
@@ -923,9 +924,73 @@ impl PodManager {
         }
     }
 
+    /// Starts the ephemeral containers added to the pod since it started
+    /// (`kubectl debug`); each runs once and is never restarted.
+    async fn start_ephemeral(&self, pod: &Value, w: &mut Worker) {
+        let started = |w: &Worker, name: &str| {
+            w.running
+                .as_ref()
+                .is_none_or(|r| r.ephemeral_containers.iter().any(|e| e.name == name))
+        };
+        let names: Vec<String> = pod["spec"]["ephemeralContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .filter(|n| !started(w, n))
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let resolved = match self.resolve_env(pod) {
+            Ok(p) => p,
+            Err(msg) => {
+                self.event(w, pod, None, "Warning", "Failed", &format!("Error: {msg}"))
+                    .await;
+                return;
+            }
+        };
+        let base = w.resolved.clone().unwrap_or_else(|| pod.clone());
+        for name in names {
+            let Some(c) = resolved["spec"]["ephemeralContainers"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == name.as_str()))
+            else {
+                continue;
+            };
+            let Some(r) = w.running.as_mut() else { return };
+            let res = kobune_cri::pod::start_ephemeral(&self.cri, &base, r, c).await;
+            let r = r.clone();
+            self.publish_logs(&r);
+            match res {
+                Ok(()) => {
+                    let image = c["image"].as_str().unwrap_or_default();
+                    for (reason, msg) in [
+                        (
+                            "Pulled",
+                            format!("Container image \"{image}\" already present on machine"),
+                        ),
+                        ("Created", format!("Created container: {name}")),
+                        ("Started", format!("Started container {name}")),
+                    ] {
+                        self.event(w, pod, Some(&name), "Normal", reason, &msg)
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("Error: {e:#}");
+                    self.event(w, pod, Some(&name), "Warning", "Failed", &msg)
+                        .await;
+                }
+            }
+        }
+    }
+
     async fn sync_running(&self, pod: &Value, w: &mut Worker) -> Next {
         self.handle_probes(pod, w).await;
         self.refresh_volumes(pod, w).await;
+        self.start_ephemeral(pod, w).await;
         let Some(r) = w.running.as_ref() else {
             return Next::Idle;
         };
@@ -1248,6 +1313,32 @@ impl PodManager {
             s["initContainerStatuses"] = json!(init);
         }
         s["containerStatuses"] = json!(statuses);
+        if !st.ephemeral_containers.is_empty() {
+            // Ephemeral containers have no probes and are never "ready".
+            let eph: Vec<Value> = st
+                .ephemeral_containers
+                .iter()
+                .map(|c| {
+                    let mut v = c.to_k8s();
+                    v["ready"] = json!(false);
+                    v
+                })
+                .collect();
+            s["ephemeralContainerStatuses"] = json!(eph);
+        }
+        if !st.ephemeral_containers.is_empty() {
+            // Ephemeral containers have no probes and are never "ready".
+            let eph: Vec<Value> = st
+                .ephemeral_containers
+                .iter()
+                .map(|c| {
+                    let mut v = c.to_k8s();
+                    v["ready"] = json!(false);
+                    v
+                })
+                .collect();
+            s["ephemeralContainerStatuses"] = json!(eph);
+        }
         keep_times(&mut s, w.last_status.as_ref().unwrap_or(&pod["status"]));
         s
     }
@@ -1392,7 +1483,7 @@ impl PodManager {
         let ns = str_at(pod, "/metadata/namespace").to_string();
         let mut out = pod.clone();
         let api_env = self.service_env(pod);
-        for field in ["initContainers", "containers"] {
+        for field in ["initContainers", "containers", "ephemeralContainers"] {
             let Some(list) = out["spec"][field].as_array_mut() else {
                 continue;
             };

@@ -681,7 +681,7 @@ async fn resource(
                 }
             }
         }
-        (&Method::GET, Some(name), None | Some("status")) => {
+        (&Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
             let obj = reg.get(&info, ns, name).await?;
             single(&info, ctx, &obj)
         }

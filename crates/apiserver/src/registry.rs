@@ -847,6 +847,9 @@ impl Registry {
             }
         }
         let mut causes = validation::validate(storage, &obj, Some(current));
+        if subresource == Some("ephemeralcontainers") {
+            causes.extend(strategy::ephemeral_container_causes(current, &obj));
+        }
         if storage.group.is_empty() && storage.plural == "services" {
             if let Err(c) = self.allocate_service(&mut obj, Some(current)) {
                 causes.extend(c);

@@ -2,7 +2,7 @@
 //! upstream's registry strategies do: what status starts as, which writes
 //! bump `metadata.generation`, what each subresource may change.
 
-use kobune_apimachinery::ResourceInfo;
+use kobune_apimachinery::{validation, Cause, ResourceInfo};
 use serde_json::{json, Value};
 
 /// Kinds whose `metadata.generation` tracks spec changes.
@@ -128,6 +128,23 @@ pub fn prepare_for_update(
                 m["resourceVersion"] = rv;
             }
         }
+        Some("ephemeralcontainers") => {
+            // Only the ephemeral containers change.
+            let eph = new.pointer("/spec/ephemeralContainers").cloned();
+            let rv = new.pointer("/metadata/resourceVersion").cloned();
+            *new = old.clone();
+            match eph {
+                Some(e) => new["spec"]["ephemeralContainers"] = e,
+                None => {
+                    if let Some(s) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                        s.remove("ephemeralContainers");
+                    }
+                }
+            }
+            if let Some(rv) = rv {
+                new["metadata"]["resourceVersion"] = rv;
+            }
+        }
         Some("finalize") => {
             let fin = new.pointer("/spec/finalizers").cloned();
             *new = old.clone();
@@ -147,6 +164,17 @@ pub fn prepare_for_update(
                     None => {
                         if let Some(m) = new.as_object_mut() {
                             m.remove("status");
+                        }
+                    }
+                }
+            }
+            // Ephemeral containers change only through their subresource.
+            if is(info, "", "pods") {
+                match old.pointer("/spec/ephemeralContainers") {
+                    Some(e) => new["spec"]["ephemeralContainers"] = e.clone(),
+                    None => {
+                        if let Some(s) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                            s.remove("ephemeralContainers");
                         }
                     }
                 }
@@ -195,4 +223,80 @@ pub fn generation_relevant(obj: &Value) -> Value {
         m.remove("status");
     }
     v
+}
+
+/// What upstream refuses in an update of a pod's ephemeral containers:
+/// removing or changing one, a missing or taken name, no image, and the
+/// fields an ephemeral container may not have.
+pub fn ephemeral_container_causes(old: &Value, new: &Value) -> Vec<Cause> {
+    let list = |v: &Value| -> Vec<Value> {
+        v.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (list(old), list(new));
+    let mut causes = vec![];
+    for o in &before {
+        let name = o["name"].as_str().unwrap_or_default();
+        match after.iter().find(|n| n["name"] == o["name"]) {
+            None => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers {name:?} may not be removed"),
+            )),
+            Some(n) if n != o => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers {name:?} may not be changed"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut names: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| new.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for (i, c) in after.iter().enumerate() {
+        let path = format!("spec.ephemeralContainers[{i}]");
+        let name = c["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            causes.push(Cause::required(format!("{path}.name")));
+        } else if let Some(e) = validation::is_dns1123_label(name).first() {
+            causes.push(Cause::invalid(format!("{path}.name"), &json!(name), e));
+        } else if names.contains(&name) {
+            causes.push(Cause::duplicate(format!("{path}.name"), &json!(name)));
+        }
+        names.push(name);
+        if c["image"].as_str().unwrap_or_default().is_empty() {
+            causes.push(Cause::required(format!("{path}.image")));
+        }
+        for f in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+        ] {
+            if c.get(f).is_some_and(|v| !v.is_null()) {
+                causes.push(Cause::forbidden(
+                    format!("{path}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if c.get("resources")
+            .and_then(Value::as_object)
+            .is_some_and(|r| {
+                r.values()
+                    .any(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+            })
+        {
+            causes.push(Cause::forbidden(
+                format!("{path}.resources"),
+                "cannot be set for an Ephemeral Container",
+            ));
+        }
+    }
+    causes
 }

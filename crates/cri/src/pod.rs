@@ -45,6 +45,10 @@ pub struct RunningPod {
     pub init_containers: Vec<RunningContainer>,
     /// App containers, in spec order.
     pub containers: Vec<RunningContainer>,
+    /// Ephemeral (debug) containers, in the order they were added; never
+    /// restarted.
+    #[serde(default)]
+    pub ephemeral_containers: Vec<RunningContainer>,
 }
 
 /// One container of a [`RunningPod`].
@@ -65,9 +69,12 @@ pub struct RunningContainer {
 }
 
 impl RunningPod {
-    /// The app container called `name`.
+    /// The app (or else ephemeral) container called `name`.
     pub fn container(&self, name: &str) -> Option<&RunningContainer> {
-        self.containers.iter().find(|c| c.name == name)
+        self.containers
+            .iter()
+            .chain(&self.ephemeral_containers)
+            .find(|c| c.name == name)
     }
 
     /// The path of the current log file of app container `name`.
@@ -154,6 +161,7 @@ pub struct PodRuntimeStatus {
     pub pod_ip: Option<String>,
     pub init_containers: Vec<ContainerRuntimeStatus>,
     pub containers: Vec<ContainerRuntimeStatus>,
+    pub ephemeral_containers: Vec<ContainerRuntimeStatus>,
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -833,6 +841,7 @@ pub async fn run_pod(cri: &Cri, pod: &Value, log_dir: &Path) -> anyhow::Result<R
         log_dir: pod_log_dir,
         init_containers: vec![],
         containers: vec![],
+        ephemeral_containers: vec![],
     };
     let sandbox_took = t0.elapsed();
     match start_containers(cri, pod, &sandbox, &mut running).await {
@@ -998,6 +1007,7 @@ pub async fn pod_status(cri: &Cri, pod: &RunningPod) -> anyhow::Result<PodRuntim
         pod_ip: pod.pod_ip.clone(),
         init_containers: vec![],
         containers: vec![],
+        ephemeral_containers: vec![],
     };
     for c in &pod.init_containers {
         out.init_containers
@@ -1006,7 +1016,73 @@ pub async fn pod_status(cri: &Cri, pod: &RunningPod) -> anyhow::Result<PodRuntim
     for c in &pod.containers {
         out.containers.push(container_runtime_status(cri, c).await?);
     }
+    for c in &pod.ephemeral_containers {
+        out.ephemeral_containers
+            .push(container_runtime_status(cri, c).await?);
+    }
     Ok(out)
+}
+
+/// Starts ephemeral container `container` (from `spec.ephemeralContainers`)
+/// in the pod's running sandbox, in the process namespace of its
+/// `targetContainerName` if it names a running container, as the kubelet
+/// does for `kubectl debug`.
+pub async fn start_ephemeral(
+    cri: &Cri,
+    pod: &Value,
+    running: &mut RunningPod,
+    container: &Value,
+) -> anyhow::Result<()> {
+    let log_root = running
+        .log_dir
+        .parent()
+        .context("pod log directory has no parent")?
+        .to_path_buf();
+    let sandbox = sandbox_config(pod, &log_root)?;
+    let mut config = container_config(pod, container, 0, running.pod_ip.as_deref())?;
+    let target = s(container, &["targetContainerName"])
+        .and_then(|t| running.containers.iter().find(|c| c.name == t));
+    if let (Some(t), Some(sc)) = (
+        target,
+        config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut()),
+    ) {
+        let mut ns = sc.namespace_options.clone().unwrap_or_default();
+        ns.pid = cri::NamespaceMode::Target as i32;
+        ns.target_id = t.container_id.clone();
+        sc.namespace_options = Some(ns);
+    }
+    let name = s(container, &["name"]).unwrap_or_default().to_string();
+    let image = s(container, &["image"]).unwrap_or_default().to_string();
+    let image_id = ensure_image(cri, &image, &pull_policy(container)).await?;
+    let id = cri
+        .runtime
+        .clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: running.sandbox_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .with_context(|| format!("CreateContainer {name}"))?
+        .into_inner()
+        .container_id;
+    running.ephemeral_containers.push(RunningContainer {
+        name: name.clone(),
+        container_id: id.clone(),
+        image,
+        image_id,
+        restart_count: 0,
+        last_state: None,
+    });
+    cri.runtime
+        .clone()
+        .start_container(cri::StartContainerRequest { container_id: id })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
+    Ok(())
 }
 
 fn not_found_ok(r: Result<impl Sized, tonic::Status>, what: &str) -> anyhow::Result<()> {
@@ -1023,7 +1099,12 @@ fn not_found_ok(r: Result<impl Sized, tonic::Status>, what: &str) -> anyhow::Res
 /// and releases its IP). Idempotent: missing objects are fine.
 pub async fn stop_pod(cri: &Cri, pod: &RunningPod, grace_seconds: i64) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
-    for c in pod.containers.iter().chain(&pod.init_containers) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(&pod.init_containers)
+        .chain(&pod.ephemeral_containers)
+    {
         let mut rt = cri.runtime.clone();
         let id = c.container_id.clone();
         set.spawn(async move {
