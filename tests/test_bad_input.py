@@ -338,3 +338,27 @@ def test_protobuf_nested_raw_extensions(raw):
     assert died is None, f"server died ({died}) decoding {len(body)} bytes of nested RawExtension envelopes"
     assert got is not None and got < 500, (got, data[:300])
     assert_healthy(raw)
+
+
+def test_pod_spec_is_immutable_but_for_what_upstream_allows(server, kubectl_bin):
+    name = "immutable-" + str(abs(hash(kubectl_bin)) % 10000)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"containers": [{"name": "app", "image": "web:1", "command": ["serve"]}]}}
+    server.kubectl("apply", "-f", "-", input=json.dumps(pod), binary=kubectl_bin)
+    r = server.kubectl("patch", "pod", name, "-p", '{"spec": {"containers": [{"name": "app", "command": ["other"]}]}}',
+                       binary=kubectl_bin, check=False)
+    assert r.returncode != 0
+    assert (f'The Pod "{name}" is invalid: spec: Forbidden: pod updates may not change fields other than '
+            "`spec.containers[*].image`") in r.stderr, r.stderr
+    # The image and added tolerations may change.
+    server.kubectl("set", "image", f"pod/{name}", "app=web:2", binary=kubectl_bin)
+    server.kubectl("patch", "pod", name, "-p", '{"spec": {"tolerations": [{"key": "k", "operator": "Exists"}]}}',
+                   binary=kubectl_bin)
+    got = server.json("get", "pod", name)["spec"]
+    assert got["containers"][0]["image"] == "web:2" and {"key": "k", "operator": "Exists"} in got["tolerations"]
+    # Ephemeral containers come only through their subresource, never on create.
+    server.kubectl("delete", "pod", name, "--wait=false", binary=kubectl_bin)
+    pod["metadata"]["name"] = "with-debugger"
+    pod["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": "busybox"}]
+    r = server.kubectl("create", "-f", "-", input=json.dumps(pod), binary=kubectl_bin, check=False)
+    assert r.returncode != 0 and "spec.ephemeralContainers: Forbidden: cannot be set on create" in r.stderr, r.stderr

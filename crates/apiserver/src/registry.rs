@@ -651,6 +651,18 @@ impl Registry {
             _ => {}
         }
         let mut causes = validation::validate(&storage, &obj, None);
+        if storage.group.is_empty()
+            && storage.plural == "pods"
+            && obj
+                .pointer("/spec/ephemeralContainers")
+                .and_then(Value::as_array)
+                .is_some_and(|l| !l.is_empty())
+        {
+            causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                "cannot be set on create",
+            ));
+        }
         if storage.group.is_empty() && storage.plural == "services" {
             if let Err(c) = self.allocate_service(&mut obj, None) {
                 causes.extend(c);
@@ -849,6 +861,9 @@ impl Registry {
         let mut causes = validation::validate(storage, &obj, Some(current));
         if subresource == Some("ephemeralcontainers") {
             causes.extend(strategy::ephemeral_container_causes(current, &obj));
+        }
+        if subresource.is_none() && storage.group.is_empty() && storage.plural == "pods" {
+            causes.extend(strategy::pod_update_causes(current, &obj));
         }
         if storage.group.is_empty() && storage.plural == "services" {
             if let Err(c) = self.allocate_service(&mut obj, Some(current)) {

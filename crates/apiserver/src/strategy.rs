@@ -300,3 +300,119 @@ pub fn ephemeral_container_causes(old: &Value, new: &Value) -> Vec<Cause> {
     }
     causes
 }
+
+/// Upstream's message for a pod update that changes more than it may.
+pub const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// A pod's spec is immutable but for container images, the active
+/// deadline, added tolerations, removed scheduling gates and a negative
+/// grace period set to 1, as upstream's pod update validation has it.
+pub fn pod_update_causes(old: &Value, new: &Value) -> Vec<Cause> {
+    let (before, after) = (&old["spec"], &new["spec"]);
+    let mut masked = before.clone();
+    for key in ["containers", "initContainers"] {
+        if let (Some(m), Some(a)) = (
+            masked.get_mut(key).and_then(Value::as_array_mut),
+            after.get(key).and_then(Value::as_array),
+        ) {
+            if m.len() == a.len() {
+                for (mc, ac) in m.iter_mut().zip(a) {
+                    if let Some(img) = ac.get("image") {
+                        mc["image"] = img.clone();
+                    }
+                }
+            }
+        }
+    }
+    let copy = |m: &mut Value, key: &str| match after.get(key) {
+        Some(v) => m[key] = v.clone(),
+        None => {
+            if let Some(o) = m.as_object_mut() {
+                o.remove(key);
+            }
+        }
+    };
+    copy(&mut masked, "activeDeadlineSeconds");
+    copy(&mut masked, "ephemeralContainers");
+    let list = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (old_tol, new_tol) = (list(before, "tolerations"), list(after, "tolerations"));
+    if old_tol.iter().all(|t| new_tol.contains(t)) {
+        copy(&mut masked, "tolerations");
+    }
+    let (old_gates, new_gates) = (
+        list(before, "schedulingGates"),
+        list(after, "schedulingGates"),
+    );
+    if new_gates.iter().all(|g| old_gates.contains(g)) {
+        copy(&mut masked, "schedulingGates");
+    }
+    if before["terminationGracePeriodSeconds"]
+        .as_i64()
+        .is_some_and(|g| g < 0)
+        && after["terminationGracePeriodSeconds"].as_i64() == Some(1)
+    {
+        copy(&mut masked, "terminationGracePeriodSeconds");
+    }
+    if masked == *after {
+        vec![]
+    } else {
+        vec![Cause::forbidden("spec", POD_UPDATE_FORBIDDEN)]
+    }
+}
+
+#[cfg(test)]
+mod pod_update_tests {
+    use super::*;
+
+    fn pod(spec: Value) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn pod_specs_change_only_where_upstream_allows() {
+        let old = pod(
+            json!({"containers": [{"name": "app", "image": "web:1", "command": ["serve"]}],
+                             "tolerations": [{"key": "a", "operator": "Exists"}], "schedulingGates": [{"name": "g"}]}),
+        );
+        let ok = |new: Value| pod_update_causes(&old, &pod(new)).is_empty();
+        assert!(ok(old["spec"].clone()));
+        // A new image, an added toleration, a removed gate, a deadline.
+        assert!(ok(
+            json!({"containers": [{"name": "app", "image": "web:2", "command": ["serve"]}],
+                          "tolerations": [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists"}],
+                          "activeDeadlineSeconds": 30})
+        ));
+        // Anything else is refused with upstream's message.
+        let bad = pod_update_causes(
+            &old,
+            &pod(
+                json!({"containers": [{"name": "app", "image": "web:1", "command": ["other"]}],
+            "tolerations": [{"key": "a", "operator": "Exists"}], "schedulingGates": [{"name": "g"}]}),
+            ),
+        );
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].field, "spec");
+        assert!(bad[0]
+            .message
+            .contains("pod updates may not change fields other than"));
+        assert!(
+            !ok(
+                json!({"containers": [{"name": "app", "image": "web:1", "command": ["serve"]}],
+                           "schedulingGates": [{"name": "g"}]})
+            ),
+            "removing a toleration"
+        );
+        assert!(
+            !ok(
+                json!({"containers": [{"name": "app", "image": "web:1", "command": ["serve"]}],
+                           "tolerations": [{"key": "a", "operator": "Exists"}], "schedulingGates": [{"name": "g"}, {"name": "h"}]})
+            ),
+            "adding a scheduling gate"
+        );
+    }
+}
