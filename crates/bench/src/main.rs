@@ -1,6 +1,7 @@
 //! `kobune-bench`: measures a real `kobune server` (SQLite and etcd backends)
 //! and the raw backend underneath it, in one run. See BENCHMARKS.md.
 
+mod access;
 mod client;
 mod network;
 mod raw;
@@ -84,6 +85,9 @@ enum Cmd {
     /// Service traffic on containerd: direct vs ClusterIP vs Ingress
     /// throughput and latency, and pod Ready -> ClusterIP traffic time.
     Network(network::NetworkArgs),
+    /// What authorization (RBAC) and the audit log cost per create,
+    /// against the admin without auditing in the same run.
+    Access(access::AccessArgs),
 }
 
 /// Latency samples plus wall time for a batch of operations.
@@ -693,6 +697,20 @@ fn main() -> Result<()> {
         if let Some(md) = &n.markdown {
             network::write(md, &network::markdown(&results, &load, started, wall))?;
             eprintln!("wrote network results to {}", md.display());
+        }
+        if args.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        return Ok(());
+    }
+    if let Some(Cmd::Access(a)) = &args.cmd {
+        let results = rt.block_on(access::run(a, &args.kobune, &root))?;
+        let wall = t0.elapsed();
+        println!("{}", access::text(&results));
+        println!("total wall time: {:.0} s", wall.as_secs_f64());
+        if let Some(md) = &a.markdown {
+            access::write(md, &access::markdown(&results, &load, started, wall))?;
+            eprintln!("wrote access control results to {}", md.display());
         }
         if args.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&root);
