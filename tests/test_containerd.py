@@ -71,6 +71,27 @@ def test_web_pod_serves_http_logs_and_deletes(node):
     assert node.kubectl("get", "pod", "web", "-n", ns, check=False).returncode != 0
 
 
+def test_set_image_on_a_pod_restarts_its_container_with_it(node):
+    ns = new_ns(node, "setimage")
+    node.kubectl("run", "app", "-n", ns, "--image=kobune.local/webapp:v1", "--image-pull-policy=Never")
+    node.kubectl("wait", "--for=condition=Ready", "pod/app", "-n", ns, "--timeout=30s")
+    ip = pod(node, ns, "app")["status"]["podIP"]
+    get = lambda: urllib.request.urlopen(f"http://{ip}:8080/version", timeout=3).read().decode()
+    assert "v1" in get()
+    node.kubectl("set", "image", "pod/app", "app=kobune.local/webapp:v2", "-n", ns)
+
+    def restarted():
+        cs = pod(node, ns, "app")["status"]["containerStatuses"][0]
+        return cs if cs["restartCount"] == 1 and "running" in cs["state"] else None
+    cs = wait_for(restarted, timeout=30, what="the container restarted with the new image")
+    assert cs["image"] == "kobune.local/webapp:v2" and "terminated" in cs["lastState"]
+    assert "v2" in wait_for(lambda: (lambda v: v if "v2" in v else None)(get()), what="v2 answering",
+                            retry_on=(OSError,))
+    events = node.json("get", "events", "-n", ns)["items"]
+    assert any(e["reason"] == "Killing" and e["message"] == "Container app definition changed, will be restarted"
+               for e in events)
+
+
 def test_crash_loop_backoff_and_previous_logs(node):
     ns = new_ns(node, "crash")
     node.kubectl("run", "crash", "-n", ns, "--image=kobune.local/busybox:1", "--image-pull-policy=Never",

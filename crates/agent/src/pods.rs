@@ -987,10 +987,109 @@ impl PodManager {
         }
     }
 
+    /// Replaces container `name` now (with `spec_pod`'s definition of it)
+    /// and reports it as the kubelet does; false if that failed.
+    async fn restart_now(
+        &self,
+        pod: &Value,
+        w: &mut Worker,
+        spec_pod: &Value,
+        name: &str,
+        image: &str,
+    ) -> bool {
+        let Some(r) = w.running.as_mut() else {
+            return false;
+        };
+        if let Err(e) = restart_container(&self.cri, spec_pod, r, name).await {
+            self.event(
+                w,
+                pod,
+                Some(name),
+                "Warning",
+                "Failed",
+                &format!("Error: {e:#}"),
+            )
+            .await;
+            return false;
+        }
+        if let Some(r) = w.running.clone() {
+            if let (Some(p), Some(c)) = (&w.prober, r.container(name)) {
+                p.set_target(name, &c.container_id);
+            }
+            self.post_start(pod, w, spec_pod, &r, name).await;
+        }
+        for (reason, msg) in [
+            (
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            ),
+            ("Created", format!("Created container: {name}")),
+            ("Started", format!("Started container {name}")),
+        ] {
+            self.event(w, pod, Some(name), "Normal", reason, &msg).await;
+        }
+        true
+    }
+
+    /// Containers whose image the pod's spec now names differently are
+    /// restarted with it, as the kubelet does when a container's
+    /// definition changes (`kubectl set image pod/...`). True if any was.
+    async fn apply_image_changes(&self, pod: &Value, w: &mut Worker) -> bool {
+        let Some(r) = w.running.as_ref() else {
+            return false;
+        };
+        let changed: Vec<(String, String)> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let (name, image) = (c["name"].as_str()?, c["image"].as_str()?);
+                let running = r.containers.iter().find(|rc| rc.name == name)?;
+                (running.image != image).then(|| (name.to_string(), image.to_string()))
+            })
+            .collect();
+        let mut any = false;
+        for (name, image) in changed {
+            let msg = format!("Container {name} definition changed, will be restarted");
+            self.event(w, pod, Some(&name), "Normal", "Killing", &msg)
+                .await;
+            let mut spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
+            let policy = pod["spec"]["containers"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == name.as_str()))
+                .map(pull_policy)
+                .unwrap_or_default();
+            if let Some(c) = spec_pod["spec"]["containers"]
+                .as_array_mut()
+                .and_then(|l| l.iter_mut().find(|c| c["name"] == name.as_str()))
+            {
+                c["image"] = json!(image);
+                c["imagePullPolicy"] = json!(policy);
+            }
+            if self.restart_now(pod, w, &spec_pod, &name, &image).await {
+                any = true;
+                if let Some(c) = w
+                    .running
+                    .as_mut()
+                    .and_then(|r| r.containers.iter_mut().find(|c| c.name == name))
+                {
+                    c.image = image;
+                }
+                w.resolved = Some(spec_pod);
+            }
+        }
+        any
+    }
+
     async fn sync_running(&self, pod: &Value, w: &mut Worker) -> Next {
         self.handle_probes(pod, w).await;
         self.refresh_volumes(pod, w).await;
         self.start_ephemeral(pod, w).await;
+        if self.apply_image_changes(pod, w).await {
+            if let Some(r) = &w.running {
+                self.publish_logs(r);
+            }
+        }
         let Some(r) = w.running.as_ref() else {
             return Next::Idle;
         };
@@ -1052,10 +1151,9 @@ impl PodManager {
             }
             // Restart now.
             let spec_pod = w.resolved.clone().unwrap_or_else(|| pod.clone());
-            let Some(r) = w.running.as_mut() else {
-                break;
-            };
-            let res = restart_container(&self.cri, &spec_pod, r, &cs.name).await;
+            let ok = self
+                .restart_now(pod, w, &spec_pod, &cs.name, &cs.image)
+                .await;
             let b = w.backoff.entry(cs.name.clone()).or_default();
             b.until = None;
             b.delay = Some(match b.delay {
@@ -1063,59 +1161,7 @@ impl PodManager {
                 Some(d) => (d * 2).min(BACKOFF_MAX),
             });
             b.started = Some(Instant::now());
-            let name = cs.name.clone();
-            match res {
-                Ok(()) => {
-                    restarted = true;
-                    if let Some(r) = w.running.clone() {
-                        if let (Some(p), Some(c)) = (&w.prober, r.container(&name)) {
-                            p.set_target(&name, &c.container_id);
-                        }
-                        self.post_start(pod, w, &spec_pod, &r, &name).await;
-                    }
-                    self.event(
-                        w,
-                        pod,
-                        Some(&name),
-                        "Normal",
-                        "Pulled",
-                        &format!(
-                            "Container image \"{}\" already present on machine",
-                            cs.image
-                        ),
-                    )
-                    .await;
-                    self.event(
-                        w,
-                        pod,
-                        Some(&name),
-                        "Normal",
-                        "Created",
-                        &format!("Created container: {name}"),
-                    )
-                    .await;
-                    self.event(
-                        w,
-                        pod,
-                        Some(&name),
-                        "Normal",
-                        "Started",
-                        &format!("Started container {name}"),
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    self.event(
-                        w,
-                        pod,
-                        Some(&name),
-                        "Warning",
-                        "Failed",
-                        &format!("Error: {e:#}"),
-                    )
-                    .await;
-                }
-            }
+            restarted |= ok;
         }
         if restarted {
             if let Some(r) = &w.running {
