@@ -1372,19 +1372,6 @@ impl PodManager {
                 .collect();
             s["ephemeralContainerStatuses"] = json!(eph);
         }
-        if !st.ephemeral_containers.is_empty() {
-            // Ephemeral containers have no probes and are never "ready".
-            let eph: Vec<Value> = st
-                .ephemeral_containers
-                .iter()
-                .map(|c| {
-                    let mut v = c.to_k8s();
-                    v["ready"] = json!(false);
-                    v
-                })
-                .collect();
-            s["ephemeralContainerStatuses"] = json!(eph);
-        }
         keep_times(&mut s, w.last_status.as_ref().unwrap_or(&pod["status"]));
         s
     }
