@@ -280,12 +280,15 @@ pub fn markdown(
     wall: Duration,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}");
-    let _ = writeln!(out, "## Access control results\n");
-    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
-    let _ = writeln!(out, "- Machine: {} (1-min load average at start: {load}; the benchmark client runs on the same cores)", report::machine());
-    let _ = writeln!(out, "- Command (from the repo root, after `cargo build --release -p kobune -p kobune-bench`):\n");
-    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
+    report::head(
+        &mut out,
+        BEGIN,
+        "Access control results",
+        started,
+        load,
+        report::CLIENT_SHARES,
+        "cargo build --release -p kobune -p kobune-bench",
+    );
     let _ = writeln!(
         out,
         "- {} ConfigMap creates per configuration, level and round, each client on its own HTTP/2 connection, on three SQLite servers running side by side: one without auditing, where the admin (bearer cluster token, group `system:masters`, allowed before any rule is read) and a ServiceAccount token allowed by a RoleBinding to `edit` (token claims, live-object checks and RBAC rules on every request) take turns, and one each with the audit log at Metadata and at RequestResponse. {} rounds; each round runs every configuration in turn, starting with a different one, so drifts of the shared machine hit all alike. Ratios are against the admin without auditing in the same round, at the same concurrency. Total wall time {:.0} s.\n",

@@ -1242,19 +1242,15 @@ pub fn markdown(
     wall: Duration,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}");
-    let _ = writeln!(out, "## Service traffic results\n");
-    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
-    let _ = writeln!(
-        out,
-        "- Machine: {} (1-min load average at start: {load}; the load generator, the pods and kobune share the cores)",
-        report::machine()
+    report::head(
+        &mut out,
+        BEGIN,
+        "Service traffic results",
+        started,
+        load,
+        "the load generator, the pods and kobune share the cores",
+        "cargo build --release -p kobune -p kobune-bench",
     );
-    let _ = writeln!(
-        out,
-        "- Command (from the repo root, after `cargo build --release -p kobune -p kobune-bench`):\n"
-    );
-    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
     let _ = writeln!(
         out,
         "- {} `kobune.local/webapp:v1` pods behind a ClusterIP Service and an Ingress; a Rust (hyper) HTTP/1.1 load generator with {} keep-alive connections (opened once, reused for every request, on every path) sends `GET /` back to back. {} rounds; each round measures direct, ClusterIP, Ingress and the peer proxy's paths in turn for {} s each (after 1 s of warm-up), so drifts of the shared machine hit all of them alike; requests/s is the median of the rounds and \"vs direct\" the median of the per-round ratios. Direct: connection i goes to pod i mod {}. CPU per request is busy CPU time over the measured seconds (machine: all processes and the kernel, from /proc/stat; kobune and the load generator from their /proc/PID/stat) divided by the requests answered; the rest of the machine's share is mostly the web app pods. kobune's RSS after the load: {:.0} MiB. Total wall time {:.0} s.\n",

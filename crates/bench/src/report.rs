@@ -285,6 +285,33 @@ pub(crate) fn command() -> String {
     format!("cargo run --release -p kobune-bench -- {}", args.join(" "))
 }
 
+/// The first lines of a results section: its begin marker and title, the
+/// date, the machine (with what else shares its cores), and the command
+/// that produced it (after `build`).
+pub(crate) fn head(
+    out: &mut String,
+    begin: &str,
+    title: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    load: &str,
+    sharing: &str,
+    build: &str,
+) {
+    let _ = writeln!(out, "{begin}");
+    let _ = writeln!(out, "## {title}\n");
+    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
+    let _ = writeln!(
+        out,
+        "- Machine: {} (1-min load average at start: {load}; {sharing})",
+        machine()
+    );
+    let _ = writeln!(out, "- Command (from the repo root, after `{build}`):\n");
+    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", command());
+}
+
+/// What shares the cores with the server in the API benchmarks.
+pub(crate) const CLIENT_SHARES: &str = "the benchmark client runs on the same cores";
+
 pub fn markdown(
     load: &str,
     args: &Args,
@@ -294,19 +321,15 @@ pub fn markdown(
 ) -> String {
     let t = tables(results);
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}");
-    let _ = writeln!(out, "## Results\n");
-    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
-    let _ = writeln!(
-        out,
-        "- Machine: {} (1-min load average at start: {load}; the benchmark client runs on the same cores)",
-        machine()
+    head(
+        &mut out,
+        BEGIN,
+        "Results",
+        started,
+        load,
+        CLIENT_SHARES,
+        "cargo build --release -p kobune",
     );
-    let _ = writeln!(
-        out,
-        "- Command (from the repo root, after `cargo build --release -p kobune`):\n"
-    );
-    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", command());
     let _ = writeln!(
         out,
         "- Payload: ConfigMap with {} bytes of data ({} bytes of JSON per create); raw SQLite mode: `{}`; total wall time {:.0} s.\n",

@@ -1438,19 +1438,15 @@ pub fn markdown(
 ) -> String {
     let t = tables(r);
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}");
-    let _ = writeln!(out, "## Workload results\n");
-    let _ = writeln!(out, "- Date: {} (UTC)", started.format("%Y-%m-%d %H:%M"));
-    let _ = writeln!(
-        out,
-        "- Machine: {} (1-min load average at start: {load}; the benchmark client runs on the same cores)",
-        report::machine()
+    report::head(
+        &mut out,
+        BEGIN,
+        "Workload results",
+        started,
+        load,
+        report::CLIENT_SHARES,
+        "cargo build --release -p kobune -p kobune-bench",
     );
-    let _ = writeln!(
-        out,
-        "- Command (from the repo root, after `cargo build --release -p kobune -p kobune-bench`):\n"
-    );
-    let _ = writeln!(out, "  ```sh\n  {}\n  ```\n", report::command());
     let _ = writeln!(out, "- Total wall time {:.0} s.\n", wall.as_secs_f64());
     let _ = writeln!(out, "### Targets from the issues\n");
     for l in targets(r) {
