@@ -713,7 +713,8 @@ def test_hpa_on_object_metric_of_a_service(node):
         assert cur["type"] == "Object", cur
         assert cur["object"]["describedObject"] == {"apiVersion": "v1", "kind": "Service", "name": "webapp"}
         assert cur["object"]["metric"] == {"name": "webapp_busy_workers"}
-        assert cur["object"]["current"] == {"value": "3"}, cur
+        # The three held requests, and a readiness probe when one is in flight as the metric is read.
+        assert cur["object"]["current"] in ({"value": "3"}, {"value": "4"}), cur
         c = hpa_conditions(node, ns, "webapp")
         assert c["ScalingActive"]["message"] == ("the HPA was able to successfully calculate a replica count "
                                                  "from Service metric webapp_busy_workers")
