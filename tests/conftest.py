@@ -218,6 +218,21 @@ class AgentServer(Server):
         raise RuntimeError("kobune (with its node agent) did not start:\n"
                            + (self.data_dir / "server.log").read_text())
 
+    def stop(self, keep_pods=False):
+        """SIGTERM; then, unless `keep_pods`, `kobune killall` for the pods the node left running."""
+        super().stop()
+        if not keep_pods and (self.data_dir / "agent" / "containerd").exists():
+            killall(self.data_dir)
+
+
+def killall(data_dir):
+    """`kobune killall`: stops what a stopped server's or agent's node left running (its pods keep running
+    after SIGTERM, as with k3s)."""
+    r = subprocess.run([KOBUNE, "killall", "--data-dir", str(data_dir)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, f"kobune killall --data-dir {data_dir} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
 
 def start_agent(args, log_path, timeout=60):
     """Starts a `kobune agent` command line logging to `log_path`; returns the process once it has

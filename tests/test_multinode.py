@@ -7,7 +7,8 @@ other's pod CIDR via the other's InternalIP (host-gw).
 Proved through kubectl: pods on the two nodes reach each other; a pod on either node reaches a
 Service by ClusterIP and by DNS name whichever node its endpoints are on; a NodePort answers on
 the agent's address; a NetworkPolicy is enforced on the agent's node for traffic from the other
-node; exec, port-forward and attach reach the agent's pods through its kubelet port. Needs root
+node; exec, port-forward and attach reach the agent's pods through its kubelet port; a stopped
+agent's pods and Service rules keep serving until `kobune killall` removes them. Needs root
 and containerd.
 
 Run under the containerd lock: flock /tmp/kobune-containerd.lock pytest tests/test_multinode.py"""
@@ -87,18 +88,25 @@ class NetnsAgent:
         return sh("ip", "netns", "exec", NETNS, *args, check=check)
 
     def stop(self):
+        """SIGTERM: the agent goes; its pods, their network and its Service rules stay."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             code = self.proc.wait(timeout=60)
             assert code == 0, f"kobune agent exited with {code} on SIGTERM:\n{self.log_path.read_text()}"
+
+    def killall(self):
+        """`kobune killall` in the second machine's namespace."""
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{NETNS}", KOBUNE, "killall", "--data-dir",
+                            str(self.base / "agent")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
 def agent(cluster):
     a = NetnsAgent(cluster)
     yield a
-    if a.proc.poll() is None:
-        a.stop()
+    a.stop()
+    a.killall()
     shutil.rmtree(a.base, ignore_errors=True)
 
 
@@ -258,10 +266,16 @@ def test_network_policy_on_the_agents_node(cluster, agent, pods):
                     what="traffic once the policy is gone") == "webapp web-agent web-agent\n"
 
 
-def test_agent_leaves_its_machine_clean(cluster, agent, pods):
+def test_stopped_agent_keeps_serving_and_killall_leaves_its_machine_clean(cluster, agent, pods):
+    agent_ip = pods["web-agent"]["status"]["podIP"]
     agent.stop()
+    # The agent is gone; its pod and the Service rules in front of it are not.
+    assert fetch(cluster, "box-server", f"http://{agent_ip}:8080/") == "webapp web-agent web-agent\n"
+    assert "KOBUNE-SERVICES" in agent.netns_sh("iptables-save").stdout
+    agent.killall()
     rules = agent.netns_sh("iptables-save").stdout
     assert "KOBUNE-" not in rules, rules
+    assert fetch(cluster, "box-server", f"http://{agent_ip}:8080/") is None
     # The server's node keeps its route to the agent's pods while the Node exists, not after.
     assert f"via {AGENT_IP}" in sh("ip", "route").stdout
     cluster.kubectl("delete", "node", AGENT_NODE)

@@ -3,9 +3,11 @@ bridge kobune0) and a separate `kobune agent` process (its own containerd and da
 kobune<N>, `--disable-kube-proxy` because both share this machine's iptables) in one cluster,
 driven through kubectl. Pods pinned to the agent's node run there, answer on their pod IP from the
 host and from a pod on the server's node, get ConfigMap env, serve `kubectl logs`/`exec` through
-the agent's kubelet port; SIGTERM stops the agent cleanly; `kill -9` makes its node NotReady, its
-Deployment pods are replaced on the server's node, and the agent's watchdog removes its
-containerd, pods, network namespaces and bridge. Needs root and containerd (skipped without).
+the agent's kubelet port. SIGTERM stops the agent but not its pods, which the next start adopts
+(same containers, still Ready); `kill -9` makes its node NotReady while its pods keep running, its
+Deployment pods are replaced on the server's node, and once the agent is back the evicted pods are
+stopped; `kobune killall` then removes its containerd, pods, network namespaces and bridge.
+Needs root and containerd (skipped without).
 
 Run under the containerd lock: flock /tmp/kobune-containerd.lock pytest tests/test_remote_agent.py"""
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KOBUNE, NODE, AgentServer, free_port, require_containerd, start_agent, wait_for
+from conftest import KOBUNE, NODE, AgentServer, free_port, killall, require_containerd, start_agent, wait_for
 
 require_containerd("tests/test_remote_agent.py")
 
@@ -46,11 +48,14 @@ class RemoteAgent:
              "--kubelet-port", str(self.kubelet_port), "--disable-kube-proxy"],
             self.log_path)
 
-    def stop(self):
+    def stop(self, keep_pods=False):
+        """SIGTERM; then, unless `keep_pods`, `kobune killall` for what the agent left running."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             code = self.proc.wait(timeout=45)
             assert code == 0, f"kobune agent exited with {code} on SIGTERM:\n{self.log_path.read_text()}"
+        if not keep_pods:
+            killall(self.data_dir)
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -113,8 +118,7 @@ def agent(cluster):
     base = Path(tempfile.mkdtemp(prefix="kobune-remote-agent-"))
     a = RemoteAgent(cluster, base / "agent")
     yield a
-    if a.proc.poll() is None:
-        a.stop()
+    a.stop()
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -169,7 +173,7 @@ def test_two_ready_nodes(cluster, agent):
                         "--server-ca", cluster.ca, "--data-dir", str(agent.data_dir), "--node-name", "twin",
                         "--kubelet-port", str(free_port()), "--disable-kube-proxy"],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "another kobune agent uses" in r.stderr, r.stderr
+    assert r.returncode != 0 and "a kobune node agent is running with" in r.stderr, r.stderr
     assert agent.proc.poll() is None and processes_with_arg(agent.containerd_config)
     assert "twin" not in cluster.kubectl("get", "nodes", "-o", "name").stdout
 
@@ -248,22 +252,28 @@ def test_persistent_volume_claim_on_agent(cluster, agent):
     cluster.kubectl("delete", "pod", "writer", "-n", ns, "--grace-period=1", "--timeout=30s")
 
 
-def test_sigterm_stops_cleanly_and_restart_keeps_the_cidr(cluster, agent):
+def test_sigterm_keeps_pods_and_restart_adopts_them(cluster, agent):
     ns = "remote"
-    cid = lambda: pod(cluster, ns, "box-remote")["status"]["containerStatuses"][0].get("containerID")
-    before = cid()
-    agent.stop()
-    # Its pods, containerd, netns and bridge are gone at once.
-    assert agent_leftovers(agent, "kobune1") == {}
+    status = lambda: pod(cluster, ns, "box-remote")["status"]["containerStatuses"][0]
+    before = status()
+    assert before["ready"] and before["restartCount"] == 0
+    ip = pod(cluster, ns, "box-remote")["status"]["podIP"]
+    agent.stop(keep_pods=True)
+    # The agent is gone; its pod, containerd's shim, netns and bridge are not.
+    left = agent_leftovers(agent, "kobune1")
+    assert left.get("bridge") == "kobune1" and left.get("processes") and left.get("mounts"), left
+    assert "root:" in http_get(ip, 8080, "/passwd")[1]
     agent.start()
     n = wait_for(lambda: (lambda o: o if ready(o).get("status") == "True" else None)(node_json(cluster, REMOTE)),
                  what="agent node Ready again")
     assert n["spec"]["podCIDR"] == "10.42.1.0/24"
-    # The pod bound to the node runs again in the new containerd.
-    wait_for(lambda: cid() not in (None, before), timeout=60, what="box-remote running again")
-    cluster.kubectl("wait", "--for=condition=Ready", "pod/box-remote", "-n", ns, "--timeout=60s")
+    # The new agent adopted the pod: the same container, not restarted, Ready throughout.
+    wait_for(lambda: "adopted a running pod" in agent.log_path.read_text(), what="the pod adopted")
+    after = status()
+    assert (after["containerID"], after["restartCount"], after["ready"]) == (before["containerID"], 0, True)
     out = cluster.kubectl("exec", "-n", ns, "box-remote", "--", "sh", "-c", "echo $GREETING").stdout
     assert out.strip() == "from-configmap"
+    assert "hello from remote" in cluster.kubectl("logs", "-n", ns, "box-remote").stdout
     cluster.kubectl("delete", "namespace", ns, "--timeout=60s")
 
 
@@ -303,12 +313,8 @@ def test_killed_agent_node_goes_not_ready_pods_replaced_and_cleaned_up(cluster, 
 
     killed = time.time()
     agent.kill9()
-    # The watchdog removes the killed agent's containerd, pods, netns and bridge.
-    wait_for(lambda: agent_leftovers(agent, "kobune1") == {}, timeout=30,
-             what="the killed agent's containerd, bridge and mounts removed")
-    for ip in ips:
-        with pytest.raises((urllib.error.URLError, OSError)):
-            http_get(ip, 8080, timeout=2)
+    # Its pods keep running: only the node's agent is gone.
+    assert all(http_get(ip, 8080)[0] == 200 for ip in ips)
 
     # The node goes NotReady once the grace period passes without heartbeats.
     wait_for(lambda: ready(node_json(cluster, REMOTE)).get("status") == "Unknown", timeout=GRACE + 30,
@@ -329,4 +335,17 @@ def test_killed_agent_node_goes_not_ready_pods_replaced_and_cleaned_up(cluster, 
     fresh = wait_for(replaced, timeout=90, what="Deployment pods replaced on the server's node")
     for p in fresh:
         assert p["status"]["podIP"].startswith("10.42.0.")
+    # The evicted pods were still running on the unreachable node (Terminating in the API); once
+    # its agent is back, they are stopped and gone.
+    assert all(http_get(ip, 8080)[0] == 200 for ip in ips)
+    agent.start()
+    wait_for(lambda: not old & {p["metadata"]["name"] for p in
+                                cluster.json("get", "pods", "-n", ns, "-l", "app=web")["items"]},
+             timeout=60, what="the evicted pods gone once their node's agent is back")
+    for ip in ips:
+        with pytest.raises((urllib.error.URLError, OSError)):
+            http_get(ip, 8080, timeout=2)
+    # SIGTERM, then `kobune killall`: nothing of the agent is left.
+    agent.stop()
+    assert agent_leftovers(agent, "kobune1") == {}
     cluster.kubectl("delete", "node", REMOTE)

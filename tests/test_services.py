@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 import conftest
-from conftest import KUBECTLS, NODE, AgentServer, Server
+from conftest import KUBECTLS, NODE, AgentServer, Server, killall
 
 IMAGE = "kobune.local/busybox:1"
 # busybox httpd answering with the pod's hostname (busybox wget -T crashes: no -T in tests).
@@ -513,9 +513,13 @@ def test_load_balancer_gets_the_node_address(node):
 
 
 @needs_node
-def test_sigterm_removes_every_rule(node):
-    assert kobune_rules(), "rules exist while the server runs"
-    node.stop()
+def test_rules_outlive_sigterm_until_killall(node):
+    rules = kobune_rules()
+    assert rules, "rules exist while the server runs"
+    # Services keep working while the server restarts: SIGTERM leaves the rules.
+    node.stop(keep_pods=True)
+    assert sorted(kobune_rules()) == sorted(rules)
+    killall(node.data_dir)
     assert kobune_rules() == []
     nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
     assert nat.count("KOBUNE") == 0

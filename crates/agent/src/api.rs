@@ -19,6 +19,11 @@ use std::sync::Arc;
 pub type PodHandler = Arc<dyn Fn(&str, &Value, bool) + Send + Sync>;
 
 /// The agent's local copy of pods, by key.
+/// The key of pod `ns/name` in a [`PodCache`] (its storage key).
+pub fn pod_cache_key(ns: &str, name: &str) -> String {
+    format!("/registry/core/pods/{ns}/{name}")
+}
+
 pub trait PodCache: Send + Sync {
     fn get(&self, key: &str) -> Option<Value>;
 }

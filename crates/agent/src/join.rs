@@ -9,29 +9,27 @@
 //! to each bridge carry it; across machines every other Node's pod CIDR is
 //! routed via its InternalIP (host-gw style, [`sync_routes`]).
 //!
-//! A killed agent (`kill -9`) must not leave containerd, pods, network
-//! namespaces or its bridge behind: a watchdog process started first
-//! ([`spawn_watchdog`]) holds a pipe from the agent; when the pipe closes
-//! without the agent saying it cleaned up, the watchdog runs [`cleanup`].
+//! An agent that stops (SIGTERM, or killed) leaves its pods running, with
+//! their network and routes; the next start adopts them. [`cleanup`]
+//! (`kobune killall`) removes everything an agent left: pods, containerd,
+//! mounts, routes and bridge.
 
 use crate::client::ApiClient;
 use crate::node::{start_node_with, NodeConfig, NodeHandle, NodeNetwork};
 use crate::remote::RemoteApi;
 use crate::{assign_indices, node_index, NodeApi, SIMULATED_LABEL};
 use anyhow::Context;
+use kobune_cri::containerd::{find_processes, terminate};
 use kobune_cri::{CniConfig, Containerd};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often other Nodes' pod CIDRs are checked for routes.
 const ROUTE_SYNC: Duration = Duration::from_secs(10);
-/// What the agent writes to the watchdog after cleaning up itself.
-const DONE: &[u8] = b"done\n";
 
 /// How this machine joins.
 #[derive(Debug, Clone)]
@@ -48,7 +46,8 @@ pub struct JoinConfig {
     pub dns: crate::dns::PodDnsSettings,
 }
 
-/// A joined node; [`JoinedNode::shutdown`] stops it cleanly.
+/// A joined node; [`JoinedNode::shutdown`] stops the agent (its pods keep
+/// running).
 pub struct JoinedNode {
     pub node: NodeHandle,
     /// The server, as this node reaches it (also a [`kobune_controllers::runtime::Source`]
@@ -57,31 +56,6 @@ pub struct JoinedNode {
     pub pod_cidr: String,
     pub bridge: String,
     kubelet_server: tokio::task::JoinHandle<()>,
-    data_dir: PathBuf,
-    watchdog: Option<Watchdog>,
-    /// `data_dir/agent.lock`, locked while this agent runs.
-    _lock: std::fs::File,
-}
-
-/// Takes `data_dir/agent.lock` so two agents never share a data directory
-/// (the second would clean up the first's containerd).
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = data_dir.join("agent.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    anyhow::ensure!(
-        r == 0,
-        "another kobune agent uses {} (pass a different --data-dir)",
-        data_dir.display()
-    );
-    Ok(f)
 }
 
 /// The bridge of pod CIDR index `i` (at most 15 characters).
@@ -89,27 +63,11 @@ pub fn bridge_name(i: usize) -> String {
     format!("kobune{i}")
 }
 
-/// Starts the watchdog (see the module docs), then containerd and the
-/// node; returns once the Node is registered and pods are followed.
-/// `watchdog` is the command line that runs [`watch_and_cleanup`] (the
-/// binary's hidden mode), or `None` to run without one.
-pub async fn join(
-    client: Arc<ApiClient>,
-    cfg: JoinConfig,
-    watchdog: Option<Command>,
-) -> anyhow::Result<JoinedNode> {
+/// Starts containerd and the node (adopting the pods an earlier run left);
+/// returns once the Node is registered and pods are followed.
+pub async fn join(client: Arc<ApiClient>, cfg: JoinConfig) -> anyhow::Result<JoinedNode> {
     let api = Arc::new(RemoteApi::new(client));
     api.check_access().await?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let lock = lock_data_dir(&cfg.data_dir)?;
-    // What an earlier agent left behind (one that was killed, with its
-    // watchdog) goes first.
-    cleanup(&cfg.data_dir).await;
-    let watchdog = match watchdog {
-        Some(cmd) => Some(spawn_watchdog(cmd)?),
-        None => None,
-    };
     // The kubelet API's port first: taken is a clear error before
     // anything starts.
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", cfg.kubelet_port))
@@ -150,145 +108,15 @@ pub async fn join(
         pod_cidr,
         bridge,
         kubelet_server,
-        data_dir: cfg.data_dir,
-        watchdog,
-        _lock: lock,
     })
 }
 
 impl JoinedNode {
-    /// Stops every pod, containerd and the routes, removes the bridge and
-    /// tells the watchdog that nothing is left to do.
+    /// Stops the agent and its containerd; pods, routes and the bridge
+    /// stay for the next start (or `kobune killall`).
     pub async fn shutdown(self) {
         self.kubelet_server.abort();
-        let JoinedNode {
-            node,
-            data_dir,
-            mut watchdog,
-            bridge,
-            ..
-        } = self;
-        if tokio::time::timeout(Duration::from_secs(30), node.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("node agent did not stop its pods within 30s");
-        }
-        // Dropping the handle stopped containerd; what it mounted goes too.
-        kobune_cri::containerd::unmount_under(&data_dir.join("containerd"));
-        remove_routes(&data_dir);
-        delete_link(&bridge);
-        if let Some(w) = watchdog.as_mut() {
-            w.done();
-        }
-    }
-}
-
-/// The watchdog child: its stdin is a pipe only the agent holds.
-struct Watchdog {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl Watchdog {
-    fn done(&mut self) {
-        if let Some(mut s) = self.stdin.take() {
-            let _ = s.write_all(DONE);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_watchdog(mut cmd: Command) -> anyhow::Result<Watchdog> {
-    use std::os::unix::process::CommandExt;
-    // Its own process group: a Ctrl-C meant for the agent (which then
-    // cleans up itself) does not end it.
-    cmd.stdin(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().context("starting the agent's watchdog")?;
-    let stdin = child.stdin.take();
-    Ok(Watchdog { child, stdin })
-}
-
-/// The watchdog's side: waits until stdin closes; unless the agent wrote
-/// that it cleaned up, removes what it left under `data_dir`.
-/// Returns whether it cleaned up.
-pub async fn watch_and_cleanup(data_dir: &Path) -> anyhow::Result<bool> {
-    let input = tokio::task::spawn_blocking(|| {
-        let mut buf = vec![];
-        let _ = std::io::stdin().lock().read_to_end(&mut buf);
-        buf
-    })
-    .await?;
-    if input.ends_with(DONE) {
-        return Ok(false);
-    }
-    tracing::warn!(dir = %data_dir.display(), "kobune agent ended without cleaning up; removing its pods, containerd and bridge");
-    cleanup(data_dir).await;
-    Ok(true)
-}
-
-/// Pids of processes whose arguments are exactly `argv`, or (with
-/// `any_arg`) that have `any_arg` among their arguments.
-fn find_processes(argv: &[&str], any_arg: Option<&str>) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    let me = std::process::id() as i32;
-    let mut pids = vec![];
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&str> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .filter_map(|a| std::str::from_utf8(a).ok())
-            .collect();
-        let hit = match any_arg {
-            Some(a) => args.contains(&a),
-            None => args == argv,
-        };
-        if hit {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesized command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
-}
-
-/// SIGTERM, then SIGKILL after `grace`; waits until they are gone.
-fn terminate(pids: &[i32], grace: Duration) {
-    for &p in pids {
-        // SAFETY: plain kill(2) on processes found by their command line.
-        unsafe { libc::kill(p, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + grace;
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for &p in pids.iter().filter(|&&p| alive(p)) {
-        // SAFETY: as above.
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        self.node.shutdown().await;
     }
 }
 
@@ -365,6 +193,12 @@ pub async fn cleanup(data_dir: &Path) {
     kobune_cri::containerd::unmount_under(&dir);
     remove_routes(data_dir);
     delete_link(&cni.bridge);
+    let pods = data_dir.join("pods");
+    if pods.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&pods) {
+            tracing::warn!(dir = %pods.display(), "removing pod directories: {e}");
+        }
+    }
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -557,24 +391,5 @@ mod tests {
             ("kobune7", "10.42.7.0/24")
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn finds_processes_by_arguments() {
-        let mut child = Command::new("sleep").arg("30.5").spawn().unwrap();
-        let pid = child.id() as i32;
-        // Until the child has exec'd, its cmdline is still ours.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !find_processes(&["sleep", "30.5"], None).contains(&pid)
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(find_processes(&["sleep", "30.5"], None).contains(&pid));
-        assert!(find_processes(&[], Some("30.5")).contains(&pid));
-        assert!(!find_processes(&["sleep", "30.6"], None).contains(&pid));
-        terminate(&[pid], Duration::from_secs(1));
-        let _ = child.wait();
-        assert!(!find_processes(&["sleep", "30.5"], None).contains(&pid));
     }
 }

@@ -63,9 +63,10 @@ impl Default for NodeNetwork {
     }
 }
 
-/// A running node agent. Dropping it stops the agent's loops and our
-/// containerd (containers keep running in their shims; the next start
-/// removes them).
+/// A running node agent. Dropping it (or [`NodeHandle::shutdown`]) stops
+/// the agent's loops and our containerd; the pods keep running in their
+/// shims, with their network, and the next start adopts them (as the
+/// kubelet and k3s do). [`NodeHandle::remove_pods`] stops them too.
 pub struct NodeHandle {
     pub name: String,
     data_dir: PathBuf,
@@ -76,18 +77,52 @@ pub struct NodeHandle {
     pub kubelet: Arc<dyn Kubelet>,
     pods: Arc<PodManager>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `data_dir/agent.lock`, held while the agent runs.
+    _lock: std::fs::File,
 }
 
 impl NodeHandle {
-    /// Stops every pod this agent runs (sandboxes removed, no API writes)
-    /// and the agent's loops.
+    /// Stops the agent's loops and its containerd; pods keep running.
     pub async fn shutdown(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        self.pods.shutdown().await;
+        self.pods.abort_workers();
+    }
+
+    /// Stops every pod this agent runs (sandboxes removed, no API writes),
+    /// the agent's loops and its routes.
+    pub async fn remove_pods(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.pods.remove_all().await;
         crate::join::remove_routes(&self.data_dir);
     }
+}
+
+/// Takes `data_dir/agent.lock`, so two agents (or a server's node and an
+/// agent, or `kobune killall`) never share a data directory.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        r == 0,
+        "a kobune node agent is running with {} (stop it first, or pass a different data directory)",
+        data_dir.display()
+    );
+    Ok(f)
 }
 
 impl Drop for NodeHandle {
@@ -266,6 +301,7 @@ pub async fn start_node_with(
     net: NodeNetwork,
 ) -> anyhow::Result<NodeHandle> {
     use anyhow::Context;
+    let lock = lock_data_dir(&cfg.data_dir)?;
     let runtime = match &cfg.cri_socket {
         Some(sock) => Containerd::connect_existing(sock).await?,
         None => {
@@ -282,11 +318,13 @@ pub async fn start_node_with(
         .await
         .context("importing built-in images")?;
     let cri = runtime.cri();
-    // Pods are re-created from the API: what a previous run left is stale.
-    match kobune_cri::pod::remove_all_sandboxes(&cri).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(count = n, "removed stale pod sandboxes"),
-        Err(e) => tracing::warn!("removing stale sandboxes: {e:#}"),
+    // Pods an earlier run left running are adopted (or stopped once the
+    // API says they are gone).
+    let found = kobune_cri::pod::find_pods(&cri)
+        .await
+        .context("listing the pods the runtime runs")?;
+    if !found.is_empty() {
+        tracing::info!(count = found.len(), "found running pods of an earlier run");
     }
     let version = cri.version().await?;
     let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
@@ -294,11 +332,14 @@ pub async fn start_node_with(
     std::fs::create_dir_all(&log_root)
         .with_context(|| format!("creating {}", log_root.display()))?;
 
-    // Pod volume directories; what a previous run left is stale too.
+    // Pod volume directories: those of pods no longer running are stale.
     let pods_root = cfg.data_dir.join("pods");
-    if pods_root.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&pods_root) {
-            tracing::warn!("removing stale pod directories: {e}");
+    if let Ok(dirs) = std::fs::read_dir(&pods_root) {
+        for d in dirs.flatten() {
+            let uid = d.file_name().to_string_lossy().into_owned();
+            if !found.iter().any(|f| f.uid == uid) {
+                crate::volumes::cleanup(&pods_root, &uid);
+            }
         }
     }
     std::fs::create_dir_all(&pods_root)
@@ -368,6 +409,7 @@ pub async fn start_node_with(
         pods_root,
         log_index.clone(),
         cfg.dns.clone(),
+        found,
     )
     .await?;
     let stats = Arc::new(crate::stats::StatsCollector::default());
@@ -395,6 +437,7 @@ pub async fn start_node_with(
         kubelet,
         pods,
         tasks,
+        _lock: lock,
     })
 }
 

@@ -4,15 +4,15 @@
 //! exited containers with CrashLoopBackOff backoff, and stops it when the
 //! pod is deleted.
 
-use crate::api::{Lookup, NodeApi, PodCache};
+use crate::api::{pod_cache_key, Lookup, NodeApi, PodCache};
 use crate::logs::{PodLogIndex, PodLogInfo};
 use crate::probes::{has_probes, run_hook, Prober};
 use crate::volumes::{self, token_sources, IssuedToken, PodVolumes, Tokens};
 use base64::Engine;
 use kobune_apiserver::registry::now_rfc3339;
 use kobune_cri::pod::{
-    pod_status, pull_policy, restart_container, run_pod, should_restart, stop_container, stop_pod,
-    VOLUME_PATHS_KEY,
+    pod_log_dir, pod_status, pull_policy, restart_container, run_pod, should_restart,
+    stop_container, stop_pod, FoundPod, VOLUME_PATHS_KEY,
 };
 use kobune_cri::{ContainerState, Cri, PodRuntimeStatus, RunningPod};
 use serde_json::{json, Value};
@@ -89,6 +89,15 @@ enum Next {
     Exit,
 }
 
+/// What became of a found pod a worker tried to adopt.
+enum Adoption {
+    Adopted,
+    /// Not now (its volumes could not be set up); the pod keeps running.
+    Retry(Box<FoundPod>),
+    /// Its sandbox was removed; the pod is started afresh.
+    Replaced,
+}
+
 /// A worker's wake-up and its task.
 type WorkerHandle = (Arc<Notify>, tokio::task::JoinHandle<()>);
 
@@ -110,12 +119,19 @@ pub struct PodManager {
     informer: OnceLock<Arc<dyn PodCache>>,
     /// Pods seen before `informer` was set; `None` afterwards.
     pending: Mutex<Option<Vec<String>>>,
+    /// Pods an earlier run of this agent left running, by uid, until
+    /// their workers adopt them.
+    found: Mutex<HashMap<String, FoundPod>>,
     /// Set by shutdown: no new workers.
     stopped: AtomicBool,
     workers: Mutex<HashMap<String, WorkerHandle>>,
 }
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The grace period of a pod found running that the API no longer binds
+/// here (its replacement may already run elsewhere).
+const ORPHAN_GRACE: i64 = 10;
 
 /// How long a service account token whose renewal failed is kept before
 /// the next attempt.
@@ -157,6 +173,9 @@ fn arp_has(table: &str, ip: &str) -> bool {
 impl PodManager {
     /// Starts following pods bound to `node` through `api`; returns once
     /// the first listing is in. Pod volumes live under `pods_root/<uid>`.
+    /// `found` are the pods the runtime still runs from an earlier run:
+    /// those the API still binds here are adopted by their workers, the
+    /// others are stopped.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         api: Arc<dyn NodeApi>,
@@ -167,6 +186,7 @@ impl PodManager {
         pods_root: PathBuf,
         log_index: PodLogIndex,
         dns: crate::dns::PodDnsSettings,
+        found: Vec<FoundPod>,
     ) -> anyhow::Result<Arc<PodManager>> {
         api.clone().start_lookups().await?;
         let mgr = Arc::new(PodManager {
@@ -180,6 +200,7 @@ impl PodManager {
             dns,
             informer: OnceLock::new(),
             pending: Mutex::new(Some(vec![])),
+            found: Mutex::new(found.into_iter().map(|f| (f.uid.clone(), f)).collect()),
             stopped: AtomicBool::new(false),
             workers: Mutex::default(),
         });
@@ -189,6 +210,7 @@ impl PodManager {
         let nodes = Arc::new([node].into_iter().collect());
         let cache = api.watch_pods(nodes, handler).await?;
         let _ = mgr.informer.set(cache);
+        mgr.stop_orphans();
         // Pods seen during the first listing get their workers now.
         let early = lock(&mgr.pending).take().unwrap_or_default();
         for key in early {
@@ -197,6 +219,83 @@ impl PodManager {
             }
         }
         Ok(mgr)
+    }
+
+    /// Stops (in the background) the found pods the API no longer binds
+    /// to this node: deleted, or moved, while the agent was down.
+    fn stop_orphans(&self) {
+        let orphans: Vec<FoundPod> = {
+            let mut found = lock(&self.found);
+            let gone: Vec<String> = found
+                .values()
+                .filter(|f| {
+                    let pod = self.pod(&pod_cache_key(&f.namespace, &f.name));
+                    !pod.is_some_and(|p| self.ours(&p) && str_at(&p, "/metadata/uid") == f.uid)
+                })
+                .map(|f| f.uid.clone())
+                .collect();
+            gone.iter().filter_map(|u| found.remove(u)).collect()
+        };
+        for f in orphans {
+            tracing::info!(pod = %format!("{}/{}", f.namespace, f.name), uid = %f.uid, "stopping a pod the API no longer binds to this node");
+            let (cri, pods_root) = (self.cri.clone(), self.pods_root.clone());
+            let r = self.found_as_running(f, None);
+            tokio::spawn(async move {
+                if let Err(e) = stop_pod(&cri, &r, ORPHAN_GRACE).await {
+                    tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "stopping pod: {e:#}");
+                }
+                volumes::cleanup(&pods_root, &r.uid);
+            });
+        }
+    }
+
+    /// A found pod as a [`RunningPod`]: its containers sorted into init,
+    /// app and ephemeral ones by `pod`'s spec (all app ones without it).
+    fn found_as_running(&self, f: FoundPod, pod: Option<&Value>) -> RunningPod {
+        let names = |key: &str| -> Vec<String> {
+            pod.and_then(|p| p["spec"][key].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let (init, app, eph) = (
+            names("initContainers"),
+            names("containers"),
+            names("ephemeralContainers"),
+        );
+        let mut r = RunningPod {
+            sandbox_id: f.sandbox_id,
+            log_dir: pod_log_dir(&self.log_root, &f.namespace, &f.name, &f.uid),
+            namespace: f.namespace,
+            name: f.name,
+            uid: f.uid,
+            pod_ip: f.pod_ip,
+            init_containers: vec![],
+            containers: vec![],
+            ephemeral_containers: vec![],
+        };
+        let mut rest = f.containers;
+        let mut take = |wanted: &[String]| -> Vec<kobune_cri::pod::RunningContainer> {
+            wanted
+                .iter()
+                .filter_map(|n| {
+                    rest.iter()
+                        .position(|c| &c.name == n)
+                        .map(|i| rest.remove(i))
+                })
+                .collect()
+        };
+        if pod.is_some() {
+            r.init_containers = take(&init);
+            r.containers = take(&app);
+            r.ephemeral_containers = take(&eph);
+            // Names the spec does not know still get stopped with the pod.
+            r.ephemeral_containers.extend(rest);
+        } else {
+            r.containers = rest;
+        }
+        r
     }
 
     fn ours(&self, pod: &Value) -> bool {
@@ -236,7 +335,7 @@ impl PodManager {
     }
 
     /// Aborts the workers and removes every sandbox.
-    pub async fn shutdown(&self) {
+    pub async fn remove_all(&self) {
         self.abort_workers();
         if let Err(e) = kobune_cri::pod::remove_all_sandboxes(&self.cri).await {
             tracing::warn!("removing sandboxes: {e:#}");
@@ -300,6 +399,20 @@ impl PodManager {
         let pod = self.pod(key).filter(|p| self.ours(p));
         let Some(pod) = pod else {
             // Deleted from the API (or moved away): stop what runs.
+            if w.running.is_none() {
+                let f = {
+                    let mut found = lock(&self.found);
+                    let uid = found
+                        .values()
+                        .find(|f| pod_cache_key(&f.namespace, &f.name) == key)
+                        .map(|f| f.uid.clone());
+                    uid.and_then(|u| found.remove(&u))
+                };
+                if let Some(f) = f {
+                    w.uid = Some(f.uid.clone());
+                    w.running = Some(self.found_as_running(f, None));
+                }
+            }
             self.stop(w, 0).await;
             if let Some(uid) = w.uid.take() {
                 lock(&self.log_index).remove(&uid);
@@ -320,6 +433,15 @@ impl PodManager {
                 wake: w.wake.take(),
                 ..Default::default()
             };
+        }
+        if w.running.is_none() {
+            let found = lock(&self.found).remove(&uid);
+            if let Some(f) = found {
+                if let Adoption::Retry(f) = self.adopt(&pod, w, f).await {
+                    lock(&self.found).insert(uid, *f);
+                    return Next::After(Duration::from_secs(1));
+                }
+            }
         }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             return self.terminate(&pod, w).await;
@@ -374,6 +496,80 @@ impl PodManager {
             }
         }
         self.sync_running(&pod, w).await
+    }
+
+    /// Takes over `f`, this pod as an earlier run of the agent left it
+    /// running: volumes are set up again in place (emptyDir content
+    /// stays), the containers' last states and probe results come from the
+    /// pod's reported status, and nothing is restarted. A pod missing an
+    /// app container is replaced (its sandbox removed, started afresh).
+    async fn adopt(&self, pod: &Value, w: &mut Worker, f: FoundPod) -> Adoption {
+        let key = format!("{}/{}", f.namespace, f.name);
+        let missing: Vec<&str> = containers(pod)
+            .filter_map(|c| c["name"].as_str())
+            .filter(|n| !f.containers.iter().any(|c| c.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(pod = %key, ?missing, "found the pod without some containers; starting it again");
+            let r = self.found_as_running(f, Some(pod));
+            if let Err(e) = stop_pod(&self.cri, &r, 0).await {
+                tracing::warn!(pod = %key, "removing the pod's sandbox: {e:#}");
+            }
+            return Adoption::Replaced;
+        }
+        match self.setup_volumes(pod).await {
+            Ok(v) => w.volumes = Some(v),
+            Err((vol, msg)) => {
+                tracing::warn!(pod = %key, volume = %vol, "setting up volumes to adopt the pod (retrying): {msg}");
+                return Adoption::Retry(Box::new(f));
+            }
+        }
+        let resolved = self.resolve_env(pod).unwrap_or_else(|_| pod.clone());
+        let resolved = self.runtime_spec(resolved, w);
+        let mut r = self.found_as_running(f, Some(pod));
+        // What was reported for each container instance.
+        let reported = |name: &str, id: &str| -> Option<&Value> {
+            [
+                "containerStatuses",
+                "initContainerStatuses",
+                "ephemeralContainerStatuses",
+            ]
+            .iter()
+            .flat_map(|k| pod["status"][k].as_array().into_iter().flatten())
+            .find(|s| {
+                s["name"] == name && s["containerID"] == format!("containerd://{id}").as_str()
+            })
+        };
+        for c in r.containers.iter_mut() {
+            c.last_state = reported(&c.name, &c.container_id)
+                .and_then(|s| serde_json::from_value(s["lastState"].clone()).ok());
+        }
+        self.publish_logs(&r);
+        let now = Instant::now();
+        for c in &r.containers {
+            w.backoff.entry(c.name.clone()).or_default().started = Some(now);
+        }
+        if has_probes(&resolved) {
+            let wake = w.wake.clone().unwrap_or_default();
+            let ip = r.pod_ip.clone().unwrap_or_else(|| self.host_ip.clone());
+            let prober = Prober::start(self.cri.clone(), resolved.clone(), ip, wake);
+            for c in &r.containers {
+                match reported(&c.name, &c.container_id) {
+                    Some(s) => prober.resume_target(
+                        &c.name,
+                        &c.container_id,
+                        s["started"].as_bool().unwrap_or(true),
+                        s["ready"].as_bool().unwrap_or(false),
+                    ),
+                    None => prober.set_target(&c.name, &c.container_id),
+                }
+            }
+            w.prober = Some(prober);
+        }
+        tracing::info!(pod = %key, containers = r.containers.len(), "adopted a running pod");
+        w.resolved = Some(resolved);
+        w.running = Some(r);
+        Adoption::Adopted
     }
 
     async fn terminate(&self, pod: &Value, w: &mut Worker) -> Next {
@@ -542,24 +738,7 @@ impl PodManager {
                 }
             }
         }
-        let mut resolved = resolved;
-        // Every image is present now (pulled above with the pod's
-        // credentials): starting the containers must not pull again.
-        for key in ["initContainers", "containers"] {
-            if let Some(list) = resolved["spec"][key].as_array_mut() {
-                for c in list {
-                    c["imagePullPolicy"] = json!("IfNotPresent");
-                }
-            }
-        }
-        if let Some(v) = &w.volumes {
-            resolved[VOLUME_PATHS_KEY] = Value::Object(v.paths.clone());
-        }
-        resolved[crate::dns::DNS_CONFIG_KEY] = crate::dns::pod_dns_value(&resolved, &self.dns);
-        let hosts = crate::volumes::pod_dir(&self.pods_root, str_at(&resolved, "/metadata/uid"))
-            .join("etc-hosts");
-        resolved[kobune_cri::pod::ETC_HOSTS_KEY] =
-            crate::dns::etc_hosts_value(&resolved, &self.dns, &hosts);
+        let resolved = self.runtime_spec(resolved, w);
         let prepared = t0.elapsed();
         let r = match run_pod(&self.cri, &resolved, &self.log_root).await {
             Ok(r) => r,
@@ -627,6 +806,28 @@ impl PodManager {
             "pod started"
         );
         Ok(r)
+    }
+
+    /// The pod as the runtime runs it: env resolved (`resolved`), images
+    /// not pulled again (every one is present by now, pulled with the
+    /// pod's credentials), and the volume paths, DNS and hosts file.
+    fn runtime_spec(&self, mut resolved: Value, w: &Worker) -> Value {
+        for key in ["initContainers", "containers"] {
+            if let Some(list) = resolved["spec"][key].as_array_mut() {
+                for c in list {
+                    c["imagePullPolicy"] = json!("IfNotPresent");
+                }
+            }
+        }
+        if let Some(v) = &w.volumes {
+            resolved[VOLUME_PATHS_KEY] = Value::Object(v.paths.clone());
+        }
+        resolved[crate::dns::DNS_CONFIG_KEY] = crate::dns::pod_dns_value(&resolved, &self.dns);
+        let hosts = crate::volumes::pod_dir(&self.pods_root, str_at(&resolved, "/metadata/uid"))
+            .join("etc-hosts");
+        resolved[kobune_cri::pod::ETC_HOSTS_KEY] =
+            crate::dns::etc_hosts_value(&resolved, &self.dns, &hosts);
+        resolved
     }
 
     /// Registry credentials for `image` from the pod's imagePullSecrets and

@@ -30,6 +30,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Target {
     pub container_id: String,
     pub started: Instant,
+    /// (started, ready) as last reported, for an instance that ran before
+    /// this agent started: its probes resume from there.
+    pub resumed: Option<(bool, bool)>,
 }
 
 /// What the probes found about one container instance.
@@ -107,6 +110,34 @@ impl Prober {
             Target {
                 container_id: container_id.to_string(),
                 started: Instant::now(),
+                resumed: None,
+            },
+        );
+    }
+
+    /// Probes `container_id`, an instance that ran before this agent
+    /// started, from its last reported `started`/`ready` state; its initial
+    /// delay is over.
+    pub fn resume_target(&self, container: &str, container_id: &str, started: bool, ready: bool) {
+        let now = Instant::now();
+        let mut shared = lock(&self.shared);
+        shared.targets.insert(
+            container.to_string(),
+            Target {
+                container_id: container_id.to_string(),
+                started: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
+                resumed: Some((started, ready)),
+            },
+        );
+        // Known at once: the pod's status must not blink to not ready
+        // before the first probe.
+        shared.results.insert(
+            container.to_string(),
+            ProbeResult {
+                container_id: container_id.to_string(),
+                started,
+                ready,
+                ..Default::default()
             },
         );
     }
@@ -198,10 +229,14 @@ impl ContainerState {
             p.failures = 0;
         }
         let has = |k: Kind| self.probes.iter().any(|p| p.kind == k);
+        let (started, ready) = t.resumed.unwrap_or((
+            !has(Kind::Startup),
+            !has(Kind::Readiness) && !has(Kind::Startup),
+        ));
         self.result = ProbeResult {
             container_id: t.container_id.clone(),
-            started: !has(Kind::Startup),
-            ready: !has(Kind::Readiness) && !has(Kind::Startup),
+            started,
+            ready,
             kill: None,
             kill_message: String::new(),
         };

@@ -439,10 +439,9 @@ impl PodCache for RemotePods {
 
 fn pod_key(pod: &Value) -> String {
     let m = &pod["metadata"];
-    format!(
-        "/registry/core/pods/{}/{}",
+    crate::api::pod_cache_key(
         m["namespace"].as_str().unwrap_or_default(),
-        m["name"].as_str().unwrap_or_default()
+        m["name"].as_str().unwrap_or_default(),
     )
 }
 

@@ -256,5 +256,5 @@ async fn runs_pods_on_containerd() {
     assert!(tokio::net::TcpStream::connect((ip.as_str(), 8080))
         .await
         .is_err());
-    node.shutdown().await;
+    node.remove_pods().await;
 }

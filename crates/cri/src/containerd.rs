@@ -219,6 +219,14 @@ impl Containerd {
             serde_json::to_vec_pretty(&cni_conflist(&data_dir, &cni))?,
         )?;
         let socket = data_dir.join("containerd.sock");
+        // A containerd of this directory outliving an earlier kobune (killed
+        // with -9) goes first; its shims, and so the pods, keep running.
+        let config = data_dir.join("config.toml").display().to_string();
+        let stale = find_processes(&["containerd", "--config", &config], None);
+        if !stale.is_empty() {
+            tracing::info!(pids = ?stale, "stopping the containerd an earlier run left");
+            tokio::task::spawn_blocking(move || terminate(&stale, Duration::from_secs(5))).await?;
+        }
         let _ = std::fs::remove_file(&socket);
 
         let started = Instant::now();
@@ -337,6 +345,71 @@ impl Containerd {
                 unmount(&state);
             }
         }
+    }
+}
+
+/// Pids of processes whose arguments are exactly `argv`, or (with
+/// `any_arg`) that have `any_arg` among their arguments.
+pub fn find_processes(argv: &[&str], any_arg: Option<&str>) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let me = std::process::id() as i32;
+    let mut pids = vec![];
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&str> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .filter_map(|a| std::str::from_utf8(a).ok())
+            .collect();
+        let hit = match any_arg {
+            Some(a) => args.contains(&a),
+            None => args == argv,
+        };
+        if hit {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; waits until they are gone.
+pub fn terminate(pids: &[i32], grace: Duration) {
+    for &p in pids {
+        // SAFETY: plain kill(2) on processes found by their command line.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in pids.iter().filter(|&&p| alive(p)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -529,5 +602,24 @@ mod tests {
     fn unescape() {
         assert_eq!(unescape_mount(r"/a\040b"), "/a b");
         assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+
+    #[test]
+    fn finds_processes_by_arguments() {
+        let mut child = Command::new("sleep").arg("30.5").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Until the child has exec'd, its cmdline is still ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !find_processes(&["sleep", "30.5"], None).contains(&pid)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(find_processes(&["sleep", "30.5"], None).contains(&pid));
+        assert!(find_processes(&[], Some("30.5")).contains(&pid));
+        assert!(!find_processes(&["sleep", "30.6"], None).contains(&pid));
+        terminate(&[pid], Duration::from_secs(1));
+        let _ = child.wait();
+        assert!(!find_processes(&["sleep", "30.5"], None).contains(&pid));
     }
 }

@@ -1163,17 +1163,127 @@ pub async fn remove_sandbox(cri: &Cri, sandbox_id: &str) -> anyhow::Result<()> {
     not_found_ok(r, &format!("RemovePodSandbox {sandbox_id}"))
 }
 
-/// Removes every sandbox in the runtime (for a node reset, and tests).
-/// Returns how many there were.
-pub async fn remove_all_sandboxes(cri: &Cri) -> anyhow::Result<usize> {
-    let list = cri
+/// Every pod sandbox in the runtime.
+async fn list_sandboxes(cri: &Cri) -> anyhow::Result<Vec<cri::PodSandbox>> {
+    Ok(cri
         .runtime
         .clone()
         .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
         .await
         .context("ListPodSandbox")?
         .into_inner()
-        .items;
+        .items)
+}
+
+/// RemoveContainer (NotFound is fine).
+async fn remove_container(cri: &Cri, id: &str) -> anyhow::Result<()> {
+    let r = cri
+        .runtime
+        .clone()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await;
+    not_found_ok(r, &format!("RemoveContainer {id}"))
+}
+
+/// A ready pod sandbox found in the runtime with the current instance of
+/// each of its containers: what an agent that starts again adopts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundPod {
+    pub sandbox_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub pod_ip: Option<String>,
+    /// The latest attempt of each container name (its attempt is its
+    /// restart count), oldest first.
+    pub containers: Vec<RunningContainer>,
+}
+
+/// The pods the runtime runs, found by their CRI labels. Sandboxes that
+/// are not ready (stopped) or carry no pod uid are removed, and so are
+/// containers superseded by a later attempt of the same name.
+pub async fn find_pods(cri: &Cri) -> anyhow::Result<Vec<FoundPod>> {
+    let sandboxes = list_sandboxes(cri).await?;
+    let containers = cri
+        .runtime
+        .clone()
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers;
+    let mut out = vec![];
+    for sb in sandboxes {
+        let label = |k: &str| sb.labels.get(k).cloned().unwrap_or_default();
+        let uid = label("io.kubernetes.pod.uid");
+        if sb.state != cri::PodSandboxState::SandboxReady as i32 || uid.is_empty() {
+            remove_sandbox(cri, &sb.id).await?;
+            continue;
+        }
+        let pod_ip = cri
+            .sandbox_status(&sb.id)
+            .await?
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty());
+        let mut latest: HashMap<String, &cri::Container> = HashMap::new();
+        let mut superseded = vec![];
+        for c in containers.iter().filter(|c| c.pod_sandbox_id == sb.id) {
+            let Some(meta) = &c.metadata else { continue };
+            match latest.get(&meta.name) {
+                Some(prev) if prev.metadata.as_ref().map_or(0, |m| m.attempt) >= meta.attempt => {
+                    superseded.push(c.id.clone())
+                }
+                Some(prev) => {
+                    superseded.push(prev.id.clone());
+                    latest.insert(meta.name.clone(), c);
+                }
+                None => {
+                    latest.insert(meta.name.clone(), c);
+                }
+            }
+        }
+        for id in superseded {
+            remove_container(cri, &id).await?;
+        }
+        let mut found: Vec<&cri::Container> = latest.into_values().collect();
+        found.sort_by_key(|c| c.created_at);
+        out.push(FoundPod {
+            sandbox_id: sb.id.clone(),
+            namespace: label("io.kubernetes.pod.namespace"),
+            name: label("io.kubernetes.pod.name"),
+            uid,
+            pod_ip,
+            containers: found
+                .into_iter()
+                .map(|c| RunningContainer {
+                    name: c
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default(),
+                    container_id: c.id.clone(),
+                    image: c
+                        .image
+                        .as_ref()
+                        .map(|i| i.image.clone())
+                        .unwrap_or_default(),
+                    image_id: c.image_ref.clone(),
+                    restart_count: c.metadata.as_ref().map_or(0, |m| m.attempt),
+                    last_state: None,
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Removes every sandbox in the runtime (for a node reset, and tests).
+/// Returns how many there were.
+pub async fn remove_all_sandboxes(cri: &Cri) -> anyhow::Result<usize> {
+    let list = list_sandboxes(cri).await?;
     for sb in &list {
         remove_sandbox(cri, &sb.id).await?;
     }
@@ -1232,14 +1342,7 @@ pub async fn restart_container(
         }
     }
     let last = container_runtime_status(cri, &running.containers[idx]).await?;
-    let r = cri
-        .runtime
-        .clone()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: old_id.clone(),
-        })
-        .await;
-    not_found_ok(r, &format!("RemoveContainer {old_id}"))?;
+    remove_container(cri, &old_id).await?;
 
     let sandbox = sandbox_config(pod, running.log_dir.parent().unwrap_or(Path::new("/")))?;
     let attempt = running.containers[idx].restart_count + 1;

@@ -34,6 +34,17 @@ enum Command {
     Images(ImagesArgs),
     /// Join a server as this machine's node (containerd), or as simulated nodes (--simulate N).
     Agent(AgentArgs),
+    /// Stop every pod a stopped server's or agent's node left running, with
+    /// its containerd, pod network, routes and Service rules (k3s-killall.sh).
+    Killall(KillallArgs),
+}
+
+#[derive(clap::Args)]
+struct KillallArgs {
+    /// The data directory of a `kobune server` or of a `kobune agent`
+    /// (default: the server's).
+    #[arg(long, env = "KOBUNE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -76,7 +87,7 @@ enum ImagesCommand {
 #[derive(clap::Args)]
 struct AgentArgs {
     /// The API server to join, https://HOST[:PORT].
-    #[arg(long, env = "KOBUNE_URL", required_unless_present = "watchdog")]
+    #[arg(long, env = "KOBUNE_URL")]
     server: Option<String>,
     /// The server's token (its --token, or DATA_DIR/tls/token on the server).
     #[arg(long, env = "KOBUNE_TOKEN", hide_env_values = true)]
@@ -85,7 +96,7 @@ struct AgentArgs {
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
     /// The cluster CA the server's certificate must chain to (DATA_DIR/tls/ca.crt on the server).
-    #[arg(long, required_unless_present = "watchdog")]
+    #[arg(long)]
     server_ca: Option<PathBuf>,
     /// Register N simulated nodes whose pods run without processes (like kwok)
     /// instead of joining this machine.
@@ -130,28 +141,43 @@ struct AgentArgs {
     /// The resolv.conf of dnsPolicy=Default pods (default as for `kobune server`).
     #[arg(long)]
     resolv_conf: Option<PathBuf>,
-    /// Internal: wait for the agent on stdin, then clean up what it left
-    /// under --data-dir unless it did so itself.
-    #[arg(long, hide = true)]
-    watchdog: bool,
+}
+
+/// `kobune killall`: what a node agent left running when it stopped.
+async fn killall(args: KillallArgs) -> Result<()> {
+    let dir = std::path::absolute(args.data_dir.unwrap_or_else(default_data_dir))?;
+    // A server's node lives under DATA_DIR/agent; an agent's is DATA_DIR.
+    let node_dir = if dir.join("agent").join("containerd").exists() {
+        dir.join("agent")
+    } else {
+        dir.clone()
+    };
+    anyhow::ensure!(
+        node_dir.join("containerd").exists(),
+        "{} holds no node (no containerd/ in it or in agent/)",
+        dir.display()
+    );
+    let lock = kobune_agent::node::lock_data_dir(&node_dir).context(
+        "kobune killall stops what a stopped node left; stop `kobune server`/`kobune agent` first",
+    )?;
+    kobune_agent::join::cleanup(&node_dir).await;
+    let r = tokio::task::spawn_blocking(|| {
+        kobune_network::netpol::cleanup_rules()?;
+        kobune_network::proxy::cleanup_rules()
+    })
+    .await?;
+    if let Err(e) = r {
+        tracing::warn!("removing Service and NetworkPolicy rules: {e:#}");
+    }
+    drop(lock);
+    println!(
+        "stopped the pods, containerd, pod network and Service rules of the node in {}",
+        node_dir.display()
+    );
+    Ok(())
 }
 
 async fn agent(args: AgentArgs) -> Result<()> {
-    if args.watchdog {
-        let cleaned = kobune_agent::join::watch_and_cleanup(&args.data_dir).await?;
-        if cleaned && !args.disable_kube_proxy {
-            // The agent's proxy and policy chains; the next agent flushes them anyway.
-            let r = tokio::task::spawn_blocking(|| {
-                kobune_network::netpol::cleanup_rules()?;
-                kobune_network::proxy::cleanup_rules()
-            })
-            .await?;
-            if let Err(e) = r {
-                tracing::warn!("removing the service proxy's rules: {e:#}");
-            }
-        }
-        return Ok(());
-    }
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -218,16 +244,7 @@ async fn agent_node(
             resolv_conf: Some(resolv_conf),
         },
     };
-    let mut watchdog = std::process::Command::new(std::env::current_exe()?);
-    watchdog
-        .arg("agent")
-        .arg("--watchdog")
-        .arg("--data-dir")
-        .arg(&cfg.data_dir);
-    if args.disable_kube_proxy {
-        watchdog.arg("--disable-kube-proxy");
-    }
-    let joined = kobune_agent::join::join(client.clone(), cfg, Some(watchdog))
+    let joined = kobune_agent::join::join(client.clone(), cfg)
         .await
         .with_context(|| {
             format!(
@@ -273,14 +290,18 @@ async fn agent_node(
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping this node's pods"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping this node's pods"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping the agent"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping the agent"),
     }
     if let Some((proxy, netpol)) = network {
-        netpol.shutdown().await;
-        proxy.shutdown().await;
+        netpol.stop().await;
+        proxy.stop().await;
     }
     joined.shutdown().await;
+    println!(
+        "agent stopped; its pods keep running (the next start adopts them; `kobune killall --data-dir {}` stops them)",
+        args.data_dir.display()
+    );
     Ok(())
 }
 
@@ -718,22 +739,21 @@ async fn server(args: ServerArgs) -> Result<()> {
     if let Some(mut dns) = dns_server {
         dns.stop();
     }
+    // Pods, their network and the Service and policy rules stay, so an
+    // upgrade or restart of the server does not interrupt them; the next
+    // start takes them over.
     if let Some(netpol) = netpol {
-        // Remove the KOBUNE-NETPOL chains and their jumps.
-        netpol.shutdown().await;
+        netpol.stop().await;
     }
     if let Some(proxy) = proxy {
-        // Remove every KOBUNE- chain, jump and the service route.
-        proxy.shutdown().await;
+        proxy.stop().await;
     }
     if let Some(node) = node {
-        // Stop this node's pods so nothing is left running after the server.
-        if tokio::time::timeout(std::time::Duration::from_secs(30), node.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("node agent did not stop its pods within 30s");
-        }
+        node.shutdown().await;
+        println!(
+            "server stopped; this node's pods keep running (the next start adopts them; `kobune killall --data-dir {}` stops them)",
+            data_dir.display()
+        );
     }
     Ok(())
 }
@@ -770,5 +790,15 @@ fn main() -> Result<()> {
         Command::Server(args) => rt.block_on(server(args)),
         Command::Images(args) => rt.block_on(images(args)),
         Command::Agent(args) => rt.block_on(agent(args)),
+        Command::Killall(args) => rt.block_on(killall(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

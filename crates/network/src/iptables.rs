@@ -223,17 +223,79 @@ pub fn cleanup_rules(tables: &[&str], ours: &dyn Fn(&str) -> bool) -> anyhow::Re
 
 /// The `jumps` (of `tables`) missing from the current tables.
 pub fn missing_jumps(tables: &[&str], jumps: &[Jump]) -> anyhow::Result<Vec<Jump>> {
-    let mut missing = vec![];
+    Ok(existing(tables, jumps, |_| false)?.missing)
+}
+
+/// What of ours an earlier run left in the kernel.
+#[derive(Debug, Default, PartialEq)]
+struct Existing {
+    /// Our chains, as (table, chain).
+    chains: BTreeSet<(String, String)>,
+    /// The wanted jumps that are missing.
+    missing: Vec<Jump>,
+    /// Other rules jumping to our chains (an older rule set's), as
+    /// (table, `-D ...` line) removing them.
+    foreign: Vec<(String, String)>,
+}
+
+/// [`Existing`] in `tables`, judged by `ours` and the wanted `jumps`.
+fn existing(tables: &[&str], jumps: &[Jump], ours: fn(&str) -> bool) -> anyhow::Result<Existing> {
+    let mut dumps = vec![];
     for t in tables {
-        let dump = save(t)?;
-        for j in jumps.iter().filter(|j| j.0 == *t) {
+        dumps.push((t.to_string(), save(t)?));
+    }
+    Ok(existing_in(&dumps, jumps, ours))
+}
+
+/// [`existing`] over `iptables-save` output of each table.
+fn existing_in(dumps: &[(String, String)], jumps: &[Jump], ours: fn(&str) -> bool) -> Existing {
+    let mut out = Existing::default();
+    for (table, dump) in dumps {
+        for line in dump.lines() {
+            if let Some(name) = line
+                .strip_prefix(':')
+                .and_then(|r| r.split_whitespace().next())
+            {
+                if ours(name) {
+                    out.chains.insert((table.clone(), name.to_string()));
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                let target = spec
+                    .split_once("-j ")
+                    .map(|(_, t)| t.split_whitespace().next().unwrap_or_default())
+                    .unwrap_or_default();
+                let wanted = jumps
+                    .iter()
+                    .any(|j| j.0 == table && j.1 == chain && j.2 == spec.trim());
+                if !ours(chain) && ours(target) && !wanted {
+                    out.foreign.push((table.clone(), format!("-D {rest}")));
+                }
+            }
+        }
+        for j in jumps.iter().filter(|j| j.0 == table) {
             let line = format!("-A {} {}", j.1, j.2);
             if !dump.lines().any(|l| l.trim() == line) {
-                missing.push(*j);
+                out.missing.push(*j);
             }
         }
     }
-    Ok(missing)
+    out
+}
+
+/// `input` with `deletions` ((table, line)) first in their tables.
+fn with_deletions(input: &str, deletions: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for line in input.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if let Some(table) = line.strip_prefix('*') {
+            for (_, d) in deletions.iter().filter(|(t, _)| t == table) {
+                let _ = writeln!(out, "{d}");
+            }
+        }
+    }
+    out
 }
 
 /// Writes a kernel setting, logging (not failing) when it cannot.
@@ -304,6 +366,10 @@ pub struct Syncer {
     /// The tables the jumps live in.
     tables: &'static [&'static str],
     all_jumps: &'static [Jump],
+    /// Which chains are ours.
+    ours: fn(&str) -> bool,
+    /// Rules an earlier run left jumping to our chains, to delete.
+    foreign: Vec<(String, String)>,
     debounce: Duration,
     resync: Duration,
     applied: Option<Rules>,
@@ -319,11 +385,15 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// The first pass inserts every jump (start removed any old ones).
+    /// The first pass takes over what an earlier run left in the kernel:
+    /// it rewrites every chain in one transaction, deleting our chains it
+    /// no longer needs, and inserts only the jumps that are missing, so
+    /// traffic never meets a half-built rule set across a restart.
     pub fn new(
         what: &'static str,
         tables: &'static [&'static str],
         jumps: &'static [Jump],
+        ours: fn(&str) -> bool,
         debounce: Duration,
         resync: Duration,
     ) -> Syncer {
@@ -331,6 +401,8 @@ impl Syncer {
             what,
             tables,
             all_jumps: jumps,
+            ours,
+            foreign: vec![],
             debounce,
             resync,
             applied: None,
@@ -362,7 +434,18 @@ impl Syncer {
                 _ = stop.changed() => return None,
             }
         }
-        self.first = false;
+        if std::mem::take(&mut self.first) {
+            let (tables, all, ours) = (self.tables, self.all_jumps, self.ours);
+            match tokio::task::spawn_blocking(move || existing(tables, all, ours)).await {
+                Ok(Ok(e)) => {
+                    self.declared = e.chains;
+                    self.jumps = e.missing;
+                    self.foreign = e.foreign;
+                }
+                Ok(Err(e)) => tracing::warn!("{}: reading rules: {e:#}", self.what),
+                Err(_) => {}
+            }
+        }
         if *stop.borrow() {
             return None;
         }
@@ -412,9 +495,11 @@ impl Syncer {
             self.applied.as_ref()
         };
         let input = rules.restore_input_since(prev, &stale, &self.jumps);
+        let input = with_deletions(&input, &self.foreign);
         match tokio::task::spawn_blocking(move || iptables_restore(&input)).await {
             Ok(Ok(())) => {
                 self.failures = 0;
+                self.foreign.clear();
                 self.declared = rules.chains.clone();
                 self.jumps.clear();
                 self.applied = Some(rules);
@@ -451,6 +536,36 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn existing_chains_missing_and_foreign_jumps_are_read_from_a_dump() {
+        let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KOBUNE-A - [0:0]\n:OTHER - [0:0]\n\
+                    -A PREROUTING -j KOBUNE-A\n-A OUTPUT -d 10.0.0.1/32 -j KOBUNE-A\n\
+                    -A KOBUNE-A -j OTHER\nCOMMIT\n";
+        let jumps: &[Jump] = &[
+            ("nat", "PREROUTING", "-j KOBUNE-A"),
+            ("nat", "POSTROUTING", "-j KOBUNE-A"),
+            ("filter", "INPUT", "-j KOBUNE-A"),
+        ];
+        let e = existing_in(&[("nat".into(), dump.into())], jumps, |c: &str| {
+            c.starts_with("KOBUNE-")
+        });
+        assert_eq!(
+            e.chains,
+            BTreeSet::from([("nat".to_string(), "KOBUNE-A".to_string())])
+        );
+        // Tables not dumped are not judged.
+        assert_eq!(e.missing, vec![("nat", "POSTROUTING", "-j KOBUNE-A")]);
+        let foreign = vec![(
+            "nat".to_string(),
+            "-D OUTPUT -d 10.0.0.1/32 -j KOBUNE-A".to_string(),
+        )];
+        assert_eq!(e.foreign, foreign);
+        assert_eq!(
+            with_deletions("*nat\n:KOBUNE-A - [0:0]\nCOMMIT\n*filter\nCOMMIT\n", &foreign),
+            "*nat\n-D OUTPUT -d 10.0.0.1/32 -j KOBUNE-A\n:KOBUNE-A - [0:0]\nCOMMIT\n*filter\nCOMMIT\n"
+        );
+    }
 
     #[test]
     fn restore_input_declares_rebuilds_and_deletes_stale() {

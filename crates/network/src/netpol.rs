@@ -705,14 +705,12 @@ pub struct NetworkPolicies {
 }
 
 impl NetworkPolicies {
-    /// Removes stale rules and starts following NetworkPolicies, Pods and
-    /// Namespaces. Start it after the service proxy (which flushes every
-    /// `KOBUNE-` chain when it starts).
+    /// Starts following NetworkPolicies, Pods and Namespaces; the first
+    /// sync replaces what an earlier run left in one transaction.
     pub async fn start(
         source: Arc<dyn Source>,
         node_name: String,
     ) -> anyhow::Result<NetworkPolicies> {
-        tokio::task::spawn_blocking(cleanup_rules).await??;
         let policies_res = builtin_resource("networking.k8s.io", "v1", "networkpolicies")?;
         let pods_res = builtin_resource("", "v1", "pods")?;
         let namespaces_res = builtin_resource("", "v1", "namespaces")?;
@@ -768,6 +766,13 @@ impl NetworkPolicies {
         Ok(NetworkPolicies { stop, task })
     }
 
+    /// Stops following; the rules stay until the next start takes them
+    /// over (or `kobune killall`).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
     /// Stops following and removes every rule.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -781,7 +786,14 @@ impl NetworkPolicies {
 }
 
 async fn run_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let mut sync = Syncer::new("network policy", &TABLES, JUMPS, DEBOUNCE, RESYNC);
+    let mut sync = Syncer::new(
+        "network policy",
+        &TABLES,
+        JUMPS,
+        is_our_chain,
+        DEBOUNCE,
+        RESYNC,
+    );
     while let Some(pass) = sync.next(&inner.dirty, &mut stop).await {
         sync.apply(inner.rules(), &pass, &inner.dirty).await;
     }

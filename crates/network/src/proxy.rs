@@ -623,17 +623,18 @@ pub fn build_rules(
 // ---------------------------------------------------------------------------
 // Talking to the kernel
 
+/// The proxy's chains: every `KOBUNE-` one but the NetworkPolicy ones.
 fn is_ours(c: &str) -> bool {
-    c.starts_with(CHAIN_PREFIX)
+    c.starts_with(CHAIN_PREFIX) && !crate::netpol::is_our_chain(c)
 }
 
-/// The restore input that removes every `KOBUNE-` chain and every jump to
-/// one, given `iptables-save` output of each table.
+/// The restore input that removes every chain of the proxy and every jump
+/// to one, given `iptables-save` output of each table.
 pub fn cleanup_input(saved: &[(&str, String)]) -> Option<String> {
     iptables::cleanup_input(saved, &is_ours)
 }
 
-/// Removes every `KOBUNE-` chain and jump from the nat and filter tables.
+/// Removes the proxy's chains and jumps from the nat and filter tables.
 pub fn cleanup_rules() -> anyhow::Result<()> {
     iptables::cleanup_rules(&TABLES, &is_ours)
 }
@@ -797,9 +798,9 @@ fn ensure_route(cfg: &ProxyConfig) -> anyhow::Result<()> {
 }
 
 impl Proxy {
-    /// Flushes stale rules, sets the kernel up and starts following Services
-    /// and EndpointSlices from `source`; the first rules are applied before
-    /// this returns. With `status`, LoadBalancer Services get this node's
+    /// Sets the kernel up and starts following Services and EndpointSlices
+    /// from `source`; the first sync replaces what an earlier run left in
+    /// one transaction (so Service traffic flows across a restart). With `status`, LoadBalancer Services get this node's
     /// addresses as their ingress (the server's node does this; agents'
     /// proxies only program rules).
     pub async fn start(
@@ -809,11 +810,7 @@ impl Proxy {
     ) -> anyhow::Result<Proxy> {
         kobune_apiserver::parse_cidr(&cfg.cluster_cidr)?;
         kobune_apiserver::parse_cidr(&cfg.service_cidr)?;
-        tokio::task::spawn_blocking(|| {
-            set_sysctls();
-            cleanup_rules()
-        })
-        .await??;
+        tokio::task::spawn_blocking(set_sysctls).await?;
         let services_res = builtin_resource("", "v1", "services")?;
         let slices_res = builtin_resource("discovery.k8s.io", "v1", "endpointslices")?;
         let nodes_res = builtin_resource("", "v1", "nodes")?;
@@ -872,6 +869,13 @@ impl Proxy {
         Ok(Proxy { stop, task, cfg })
     }
 
+    /// Stops syncing; the rules stay in the kernel, so Services keep
+    /// working until the next start takes them over (or `kobune killall`).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
     /// Stops syncing and removes every rule, chain and the route.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -895,7 +899,7 @@ impl Proxy {
 }
 
 async fn run_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let mut sync = Syncer::new("service proxy", &TABLES, JUMPS, DEBOUNCE, RESYNC);
+    let mut sync = Syncer::new("service proxy", &TABLES, JUMPS, is_ours, DEBOUNCE, RESYNC);
     let mut route_ok = false;
     while let Some(pass) = sync.next(&inner.dirty, &mut stop).await {
         if pass.full {
