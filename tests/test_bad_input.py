@@ -350,9 +350,14 @@ def test_pod_spec_is_immutable_but_for_what_upstream_allows(server, kubectl_bin)
     assert r.returncode != 0
     assert (f'The Pod "{name}" is invalid: spec: Forbidden: pod updates may not change fields other than '
             "`spec.containers[*].image`") in r.stderr, r.stderr
-    # The image and added tolerations may change.
+    # The image and added tolerations may change (added: the pod has admission's default ones, which a
+    # list replacing them would remove, and be refused for, as upstream).
     server.kubectl("set", "image", f"pod/{name}", "app=web:2", binary=kubectl_bin)
-    server.kubectl("patch", "pod", name, "-p", '{"spec": {"tolerations": [{"key": "k", "operator": "Exists"}]}}',
+    r = server.kubectl("patch", "pod", name, "-p", '{"spec": {"tolerations": [{"key": "k", "operator": "Exists"}]}}',
+                       binary=kubectl_bin, check=False)
+    assert "`spec.tolerations` (only additions to existing tolerations)" in r.stderr, r.stderr
+    server.kubectl("patch", "pod", name, "--type=json", "-p",
+                   '[{"op": "add", "path": "/spec/tolerations/-", "value": {"key": "k", "operator": "Exists"}}]',
                    binary=kubectl_bin)
     got = server.json("get", "pod", name)["spec"]
     assert got["containers"][0]["image"] == "web:2" and {"key": "k", "operator": "Exists"} in got["tolerations"]

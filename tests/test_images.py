@@ -53,7 +53,7 @@ USER, PASSWORD = "alice", "s3cret-pw"
 @pytest.fixture(scope="module")
 def private_registry(webapp_archive):
     with Registry(users={USER: PASSWORD}) as reg:
-        for tag in ["v1", "v2", "never-pulled"]:
+        for tag in ["v1", "v2", "never-pulled", "debug"]:
             reg.push(webapp_archive, f"private/webapp:{tag}", creds=(USER, PASSWORD))
         yield reg
 
@@ -344,6 +344,12 @@ def test_pull_secrets(node, private_registry):
                            serviceAccountName="puller"))
     ip = ready_ip(node, ns, "viasa", timeout=60)
     assert get(ip, "/") == (200, "webapp v1 viasa\n")
+
+    # A `kubectl debug` container's image is pulled with the pod's secrets too.
+    node.kubectl("debug", "withsecret", "-n", ns, f"--image={reg.host}/private/webapp:debug", "-c", "dbg")
+    wait_for(lambda: any(e["reason"] == "Pulled" and "Successfully pulled" in e["message"]
+                         and e["involvedObject"].get("fieldPath") == "spec.ephemeralContainers{dbg}"
+                         for e in events(node, ns, "withsecret")), timeout=60, what="the debug image pulled")
 
     # A secret that does not exist is reported.
     apply(node, webapp_pod(ns, "nosecret", image=image, probes=False, imagePullSecrets=[{"name": "absent"}]))

@@ -26,7 +26,10 @@ def cluster():
     old = os.environ.get("KOBUNE_NODE_MONITOR_GRACE_PERIOD")
     os.environ["KOBUNE_NODE_MONITOR_GRACE_PERIOD"] = str(GRACE)
     try:
-        s = Server(extra_args=["--simulate-nodes", "2"])
+        # Pods tolerate a lost node for 3 s (DefaultTolerationSeconds; 300 s by default), one of the
+        # two settings given as k3s passes kube-apiserver flags.
+        s = Server(extra_args=["--simulate-nodes", "2", "--default-not-ready-toleration-seconds", "3",
+                               "--kube-apiserver-arg", "default-unreachable-toleration-seconds=3"])
     finally:
         if old is None:
             os.environ.pop("KOBUNE_NODE_MONITOR_GRACE_PERIOD", None)
@@ -132,6 +135,12 @@ def test_unreachable_node_is_tainted_evicted_and_restored(cluster):
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}}
     cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(bare))
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=RS)
+    # Admission gave the pod upstream's default tolerations of a lost node.
+    tols = cluster.json("get", "pod", "bare", "-n", ns)["spec"]["tolerations"]
+    assert tols == [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                     "tolerationSeconds": 3},
+                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                     "tolerationSeconds": 3}], tols
     first = wait_for(lambda: next((p for p in pods(cluster, ns)
                                    if p["metadata"]["name"].startswith("web-")
                                    and p["spec"].get("nodeName") == node), None), every=keep_alive)

@@ -188,3 +188,28 @@ def test_python_client_gets_403_then_access(server):
     wait_for(lambda: allowed().allowed, what="the review to allow")
     assert 'RoleBinding "app-view/rb-c" of ClusterRole "view"' in allowed().reason
     assert core.list_namespaced_pod(ns).items == []
+
+
+def test_default_policy_is_reconciled_when_the_server_starts(server):
+    """As upstream at every start (so an upgrade brings new default permissions): a default role a
+    user stripped gets its rules back beside the user's, a missing subject returns to a default
+    binding, and a default the user pinned with autoupdate=false is left as it is."""
+    server.kubectl("patch", "clusterrole", "system:discovery", "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/rules", "value": [{"nonResourceURLs": ["/custom"], "verbs": ["get"]}]}]))
+    server.kubectl("patch", "clusterrolebinding", "system:basic-user", "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/subjects", "value": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}]))
+    server.kubectl("annotate", "clusterrole", "system:auth-delegator", "--overwrite",
+                   "rbac.authorization.kubernetes.io/autoupdate=false")
+    server.kubectl("patch", "clusterrole", "system:auth-delegator", "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/rules", "value": [{"nonResourceURLs": ["/pinned"], "verbs": ["get"]}]}]))
+    server.stop()
+    server.start()
+    urls = {u for r in server.json("get", "clusterrole", "system:discovery")["rules"]
+            for u in r.get("nonResourceURLs", [])}
+    assert {"/custom", "/api", "/apis/*", "/version", "/openapi/*"} <= urls, urls
+    subjects = server.json("get", "clusterrolebinding", "system:basic-user")["subjects"]
+    assert {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"} in subjects
+    assert {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"} in subjects
+    pinned = server.json("get", "clusterrole", "system:auth-delegator")
+    assert pinned["rules"] == [{"nonResourceURLs": ["/pinned"], "verbs": ["get"]}]

@@ -107,7 +107,9 @@ def agent_leftovers(agent, bridge):
 
 @pytest.fixture(scope="module")
 def cluster():
-    s = AgentServer(extra_args=["--node-name", NODE], env={"KOBUNE_NODE_MONITOR_GRACE_PERIOD": str(GRACE)})
+    s = AgentServer(extra_args=["--node-name", NODE, "--default-not-ready-toleration-seconds", "2",
+                                "--default-unreachable-toleration-seconds", "2"],
+                    env={"KOBUNE_NODE_MONITOR_GRACE_PERIOD": str(GRACE)})
     yield s
     s.stop()
     shutil.rmtree(s.data_dir, ignore_errors=True)

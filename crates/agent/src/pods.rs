@@ -89,15 +89,6 @@ enum Next {
     Exit,
 }
 
-/// What became of a found pod a worker tried to adopt.
-enum Adoption {
-    Adopted,
-    /// Not now (its volumes could not be set up); the pod keeps running.
-    Retry(Box<FoundPod>),
-    /// Its sandbox was removed; the pod is started afresh.
-    Replaced,
-}
-
 /// A worker's wake-up and its task.
 type WorkerHandle = (Arc<Notify>, tokio::task::JoinHandle<()>);
 
@@ -200,7 +191,7 @@ impl PodManager {
             dns,
             informer: OnceLock::new(),
             pending: Mutex::new(Some(vec![])),
-            found: Mutex::new(found.into_iter().map(|f| (f.uid.clone(), f)).collect()),
+            found: Mutex::default(),
             stopped: AtomicBool::new(false),
             workers: Mutex::default(),
         });
@@ -210,6 +201,16 @@ impl PodManager {
         let nodes = Arc::new([node].into_iter().collect());
         let cache = api.watch_pods(nodes, handler).await?;
         let _ = mgr.informer.set(cache);
+        // One sandbox per pod: a second one of a uid (the newest stays) goes.
+        let mut by_uid: HashMap<String, FoundPod> = HashMap::new();
+        let mut found = found;
+        found.sort_by_key(|f| f.created_at);
+        for f in found {
+            if let Some(older) = by_uid.insert(f.uid.clone(), f) {
+                mgr.stop_found(older, false);
+            }
+        }
+        *lock(&mgr.found) = by_uid;
         mgr.stop_orphans();
         // Pods seen during the first listing get their workers now.
         let early = lock(&mgr.pending).take().unwrap_or_default();
@@ -218,6 +219,8 @@ impl PodManager {
                 mgr.on_event(&key, &pod);
             }
         }
+        // Found pods deleted while the early events waited.
+        mgr.stop_orphans();
         Ok(mgr)
     }
 
@@ -237,16 +240,35 @@ impl PodManager {
             gone.iter().filter_map(|u| found.remove(u)).collect()
         };
         for f in orphans {
-            tracing::info!(pod = %format!("{}/{}", f.namespace, f.name), uid = %f.uid, "stopping a pod the API no longer binds to this node");
-            let (cri, pods_root) = (self.cri.clone(), self.pods_root.clone());
-            let r = self.found_as_running(f, None);
-            tokio::spawn(async move {
-                if let Err(e) = stop_pod(&cri, &r, ORPHAN_GRACE).await {
-                    tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "stopping pod: {e:#}");
-                }
-                volumes::cleanup(&pods_root, &r.uid);
-            });
+            self.stop_found(f, true);
         }
+    }
+
+    /// Stops a found pod in the background (with its volumes, if
+    /// `volumes`): the API no longer binds it here, or it was superseded.
+    fn stop_found(&self, f: FoundPod, volumes: bool) {
+        tracing::info!(pod = %format!("{}/{}", f.namespace, f.name), uid = %f.uid, "stopping a pod the API no longer binds to this node");
+        let (cri, pods_root) = (self.cri.clone(), self.pods_root.clone());
+        let r = self.found_as_running(f, None);
+        tokio::spawn(async move {
+            if let Err(e) = stop_pod(&cri, &r, ORPHAN_GRACE).await {
+                tracing::warn!(pod = %format!("{}/{}", r.namespace, r.name), "stopping pod: {e:#}");
+            }
+            if volumes {
+                volumes::cleanup(&pods_root, &r.uid);
+            }
+        });
+    }
+
+    /// Takes the found pods of cache key `key` out of `found`.
+    fn take_found(&self, key: &str) -> Vec<FoundPod> {
+        let mut found = lock(&self.found);
+        let uids: Vec<String> = found
+            .values()
+            .filter(|f| pod_cache_key(&f.namespace, &f.name) == key)
+            .map(|f| f.uid.clone())
+            .collect();
+        uids.iter().filter_map(|u| found.remove(u)).collect()
     }
 
     /// A found pod as a [`RunningPod`]: its containers sorted into init,
@@ -399,19 +421,8 @@ impl PodManager {
         let pod = self.pod(key).filter(|p| self.ours(p));
         let Some(pod) = pod else {
             // Deleted from the API (or moved away): stop what runs.
-            if w.running.is_none() {
-                let f = {
-                    let mut found = lock(&self.found);
-                    let uid = found
-                        .values()
-                        .find(|f| pod_cache_key(&f.namespace, &f.name) == key)
-                        .map(|f| f.uid.clone());
-                    uid.and_then(|u| found.remove(&u))
-                };
-                if let Some(f) = f {
-                    w.uid = Some(f.uid.clone());
-                    w.running = Some(self.found_as_running(f, None));
-                }
+            for f in self.take_found(key) {
+                self.stop_found(f, true);
             }
             self.stop(w, 0).await;
             if let Some(uid) = w.uid.take() {
@@ -434,13 +445,14 @@ impl PodManager {
                 ..Default::default()
             };
         }
-        if w.running.is_none() {
-            let found = lock(&self.found).remove(&uid);
-            if let Some(f) = found {
-                if let Adoption::Retry(f) = self.adopt(&pod, w, f).await {
-                    lock(&self.found).insert(uid, *f);
-                    return Next::After(Duration::from_secs(1));
-                }
+        // A found pod of this name is adopted if it is this pod; one of an
+        // earlier pod of the name (deleted and created again) is stopped.
+        for f in self.take_found(key) {
+            if f.uid == uid && w.running.is_none() {
+                self.adopt(&pod, w, f).await;
+            } else {
+                let other = f.uid != uid;
+                self.stop_found(f, other);
             }
         }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
@@ -503,7 +515,7 @@ impl PodManager {
     /// stays), the containers' last states and probe results come from the
     /// pod's reported status, and nothing is restarted. A pod missing an
     /// app container is replaced (its sandbox removed, started afresh).
-    async fn adopt(&self, pod: &Value, w: &mut Worker, f: FoundPod) -> Adoption {
+    async fn adopt(&self, pod: &Value, w: &mut Worker, f: FoundPod) {
         let key = format!("{}/{}", f.namespace, f.name);
         let missing: Vec<&str> = containers(pod)
             .filter_map(|c| c["name"].as_str())
@@ -515,13 +527,14 @@ impl PodManager {
             if let Err(e) = stop_pod(&self.cri, &r, 0).await {
                 tracing::warn!(pod = %key, "removing the pod's sandbox: {e:#}");
             }
-            return Adoption::Replaced;
+            return;
         }
+        // The containers have their mounts already; content that cannot be
+        // written now is retried by the volume refresh.
         match self.setup_volumes(pod).await {
             Ok(v) => w.volumes = Some(v),
             Err((vol, msg)) => {
-                tracing::warn!(pod = %key, volume = %vol, "setting up volumes to adopt the pod (retrying): {msg}");
-                return Adoption::Retry(Box::new(f));
+                tracing::warn!(pod = %key, volume = %vol, "setting up volumes of an adopted pod (retrying): {msg}")
             }
         }
         let resolved = self.resolve_env(pod).unwrap_or_else(|_| pod.clone());
@@ -569,7 +582,6 @@ impl PodManager {
         tracing::info!(pod = %key, containers = r.containers.len(), "adopted a running pod");
         w.resolved = Some(resolved);
         w.running = Some(r);
-        Adoption::Adopted
     }
 
     async fn terminate(&self, pod: &Value, w: &mut Worker) -> Next {
@@ -899,6 +911,16 @@ impl PodManager {
     }
 
     async fn refresh_volumes(&self, pod: &Value, w: &mut Worker) {
+        if w.volumes.is_none() && w.running.is_some() {
+            // An adopted pod whose volumes could not be set up yet.
+            if let Ok(v) = self.setup_volumes(pod).await {
+                if let Some(r) = w.resolved.as_mut() {
+                    r[VOLUME_PATHS_KEY] = Value::Object(v.paths.clone());
+                }
+                w.volumes = Some(v);
+            }
+            return;
+        }
         let Some(current) = w.volumes.as_ref().map(|v| v.tokens.clone()) else {
             return;
         };
@@ -1160,18 +1182,39 @@ impl PodManager {
             else {
                 continue;
             };
+            // Pulled with the pod's credentials, as its other containers.
+            let image = c["image"].as_str().unwrap_or_default().to_string();
+            let (auths, _) = self.pull_auths(pod, &image);
+            let pulled = match kobune_cri::images::ensure(
+                &self.cri,
+                &image,
+                &pull_policy(c),
+                &auths,
+            )
+            .await
+            {
+                Ok(Some(p)) => format!(
+                    "Successfully pulled image \"{image}\". Image size: {} bytes.",
+                    p.size
+                ),
+                Ok(None) => format!("Container image \"{image}\" already present on machine"),
+                Err(e) => {
+                    let msg = format!("Failed to pull image \"{image}\": {e:#}");
+                    self.event(w, pod, Some(&name), "Warning", "Failed", &msg)
+                        .await;
+                    continue;
+                }
+            };
+            let mut c = c.clone();
+            c["imagePullPolicy"] = json!("IfNotPresent");
             let Some(r) = w.running.as_mut() else { return };
-            let res = kobune_cri::pod::start_ephemeral(&self.cri, &base, r, c).await;
+            let res = kobune_cri::pod::start_ephemeral(&self.cri, &base, r, &c).await;
             let r = r.clone();
             self.publish_logs(&r);
             match res {
                 Ok(()) => {
-                    let image = c["image"].as_str().unwrap_or_default();
                     for (reason, msg) in [
-                        (
-                            "Pulled",
-                            format!("Container image \"{image}\" already present on machine"),
-                        ),
+                        ("Pulled", pulled),
                         ("Created", format!("Created container: {name}")),
                         ("Started", format!("Started container {name}")),
                     ] {
@@ -1608,8 +1651,14 @@ impl PodManager {
                 .pointer("/spec/initContainers")
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.iter().any(|x| x["name"] == c));
+            let ephemeral = pod
+                .pointer("/spec/ephemeralContainers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x["name"] == c));
             if init {
                 format!("spec.initContainers{{{c}}}")
+            } else if ephemeral {
+                format!("spec.ephemeralContainers{{{c}}}")
             } else {
                 format!("spec.containers{{{c}}}")
             }

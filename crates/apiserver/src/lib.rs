@@ -5,6 +5,7 @@
 // ApiError mirrors the wire Status (about 160 bytes); errors are off the hot path.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod binding;
@@ -51,6 +52,8 @@ pub struct Config {
     pub watch_cache_size: usize,
     /// Where to write the audit log, if anywhere.
     pub audit: Option<audit::Config>,
+    /// What new pods tolerate of not-ready and unreachable nodes.
+    pub default_tolerations: admission::DefaultTolerations,
 }
 
 pub struct ApiServer {
@@ -119,6 +122,7 @@ impl ApiServer {
                 &cfg.data_dir.join("tls"),
                 &pki.ca_cert_pem,
             )?)),
+            default_tolerations: cfg.default_tolerations,
         });
         let kubelets = Arc::new(kubelet::Kubelets::default());
         let state = Arc::new(http::ApiState {
@@ -170,9 +174,24 @@ impl ApiServer {
                 .resources
                 .find(rbac::GROUP, "v1", plural)
                 .expect("built in");
-            match reg.create(&info, None, obj, &opts).await {
+            match reg.create(&info, None, obj.clone(), &opts).await {
                 Ok(_) => {}
-                Err(e) if e.code == 409 => {}
+                Err(e) if e.code == 409 => {
+                    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                    let existing = reg.get(&info, None, name).await?;
+                    match rbac::reconcile_default(&existing, &obj) {
+                        rbac::Reconcile::Keep => {}
+                        rbac::Reconcile::Update(v) => {
+                            tracing::info!(%plural, %name, "adding what the default policy grants");
+                            reg.update(&info, None, name, v, &opts, None).await?;
+                        }
+                        rbac::Reconcile::Recreate => {
+                            tracing::info!(%plural, %name, "replacing a default binding whose roleRef differs");
+                            reg.delete(&info, None, name, &Default::default()).await?;
+                            reg.create(&info, None, obj, &opts).await?;
+                        }
+                    }
+                }
                 Err(e) => anyhow::bail!("creating the default {plural}: {e}"),
             }
         }

@@ -682,7 +682,7 @@ fn cluster_role(name: &str, labels: Value, rules: Vec<Value>, aggregate: Option<
     let mut r = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": name, "labels": labels,
-                     "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+                     "annotations": {AUTOUPDATE: "true"}},
         "rules": rules,
     });
     if let Some(to) = aggregate {
@@ -699,7 +699,7 @@ fn cluster_binding(role: &str, groups: &[&str]) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": role, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
-                     "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+                     "annotations": {AUTOUPDATE: "true"}},
         "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
         "subjects": subjects,
     })
@@ -967,9 +967,154 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         .collect()
 }
 
+/// The annotation that lets a default role or binding be reconciled.
+pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+
+/// What becomes of a default role or binding found at start.
+#[derive(Debug, PartialEq)]
+pub enum Reconcile {
+    /// Nothing is missing, or it is not to be touched (autoupdate "false").
+    Keep,
+    /// Write it back like this.
+    Update(Value),
+    /// Its roleRef differs (immutable): delete it and create the default.
+    Recreate,
+}
+
+/// Upstream's reconciliation of the default policy at start, so that an
+/// upgrade brings in new default permissions while keeping what users
+/// added: `existing` gains the labels, annotations, rules (as atoms, for
+/// a role without aggregationRule), aggregation selectors and subjects of
+/// `wanted` it lacks, unless its autoupdate annotation is "false".
+pub fn reconcile_default(existing: &Value, wanted: &Value) -> Reconcile {
+    if existing
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(AUTOUPDATE))
+        .and_then(Value::as_str)
+        == Some("false")
+    {
+        return Reconcile::Keep;
+    }
+    if wanted.get("roleRef").is_some() && existing.get("roleRef") != wanted.get("roleRef") {
+        return Reconcile::Recreate;
+    }
+    let mut out = existing.clone();
+    for field in ["labels", "annotations"] {
+        if let Some(want) = wanted["metadata"][field].as_object() {
+            let have = &mut out["metadata"][field];
+            if !have.is_object() {
+                *have = json!({});
+            }
+            if let Some(have) = have.as_object_mut() {
+                for (k, v) in want {
+                    have.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+    }
+    let union = |have: Option<&Vec<Value>>, want: &[Value]| -> Value {
+        let mut list = have.cloned().unwrap_or_default();
+        for w in want {
+            if !list.contains(w) {
+                list.push(w.clone());
+            }
+        }
+        Value::Array(list)
+    };
+    if let Some(want) = wanted["subjects"].as_array() {
+        out["subjects"] = union(existing["subjects"].as_array(), want);
+    }
+    let selectors = "/aggregationRule/clusterRoleSelectors";
+    if let Some(want) = wanted.pointer(selectors).and_then(Value::as_array) {
+        let have = existing.pointer(selectors).and_then(Value::as_array);
+        out["aggregationRule"]["clusterRoleSelectors"] = union(have, want);
+    }
+    if wanted.get("aggregationRule").is_none() {
+        if let Some(want) = wanted["rules"].as_array() {
+            let have = existing["rules"].as_array().cloned().unwrap_or_default();
+            let missing = uncovered(&have, want);
+            if !missing.is_empty() {
+                out["rules"] = Value::Array(have.into_iter().chain(missing).collect());
+            }
+        }
+    }
+    if &out == existing {
+        Reconcile::Keep
+    } else {
+        Reconcile::Update(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_policy_is_reconciled_additively() {
+        let policy = bootstrap_policy();
+        let find = |name: &str| {
+            policy
+                .iter()
+                .find(|(_, o)| o["metadata"]["name"] == name)
+                .map(|(_, o)| o.clone())
+                .unwrap()
+        };
+        // The default as it is: nothing to do.
+        let discovery = find("system:discovery");
+        assert_eq!(reconcile_default(&discovery, &discovery), Reconcile::Keep);
+        // A user took a rule away and added one: the default comes back, theirs stays.
+        let mut edited = discovery.clone();
+        edited["rules"] = json!([{"nonResourceURLs": ["/custom"], "verbs": ["get"]}]);
+        edited["metadata"]["labels"] = json!({"team": "a"});
+        let Reconcile::Update(fixed) = reconcile_default(&edited, &discovery) else {
+            panic!("expected an update")
+        };
+        assert_eq!(fixed["rules"][0]["nonResourceURLs"], json!(["/custom"]));
+        assert!(uncovered(
+            fixed["rules"].as_array().unwrap(),
+            discovery["rules"].as_array().unwrap()
+        )
+        .is_empty());
+        assert_eq!(fixed["metadata"]["labels"]["team"], "a");
+        assert_eq!(
+            fixed["metadata"]["labels"]["kubernetes.io/bootstrapping"],
+            "rbac-defaults"
+        );
+        // autoupdate "false": left alone.
+        edited["metadata"]["annotations"] = json!({AUTOUPDATE: "false"});
+        assert_eq!(reconcile_default(&edited, &discovery), Reconcile::Keep);
+        // Aggregated roles keep their rules (the controller fills them); selectors are restored.
+        let view = find("view");
+        let mut v = view.clone();
+        v["rules"] = json!([]);
+        v["aggregationRule"]["clusterRoleSelectors"] = json!([]);
+        let Reconcile::Update(fixed) = reconcile_default(&v, &view) else {
+            panic!("expected an update")
+        };
+        assert_eq!(fixed["rules"], json!([]));
+        assert_eq!(fixed["aggregationRule"], view["aggregationRule"]);
+        // Bindings: subjects are added; another roleRef means recreate.
+        let binding = find("cluster-admin");
+        let binding = if binding["kind"] == "ClusterRoleBinding" {
+            binding
+        } else {
+            policy
+                .iter()
+                .find(|(p, o)| {
+                    *p == "clusterrolebindings" && o["metadata"]["name"] == "cluster-admin"
+                })
+                .map(|(_, o)| o.clone())
+                .unwrap()
+        };
+        let mut b = binding.clone();
+        b["subjects"] = json!([{"apiGroup": GROUP, "kind": "User", "name": "alice"}]);
+        let Reconcile::Update(fixed) = reconcile_default(&b, &binding) else {
+            panic!("expected an update")
+        };
+        assert_eq!(fixed["subjects"].as_array().unwrap().len(), 2);
+        b["roleRef"]["name"] = json!("view");
+        assert_eq!(reconcile_default(&b, &binding), Reconcile::Recreate);
+    }
 
     fn sa(ns: &str, name: &str) -> UserInfo {
         crate::serviceaccount::user_of(ns, name)

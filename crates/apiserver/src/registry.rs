@@ -87,6 +87,8 @@ pub struct Registry {
     pub service_cidr: (Ipv4Addr, u8),
     /// Signs and checks service account tokens (none: pods get no token volume).
     pub service_accounts: Option<Arc<crate::serviceaccount::ServiceAccounts>>,
+    /// What new pods tolerate of not-ready and unreachable nodes.
+    pub default_tolerations: crate::admission::DefaultTolerations,
 }
 
 pub fn now_rfc3339() -> String {
@@ -640,7 +642,8 @@ impl Registry {
                 "storageclasses",
             ),
             ("", "pods") => {
-                crate::serviceaccount::admit_pod(self, &mut obj, ns.unwrap_or_default())
+                crate::serviceaccount::admit_pod(self, &mut obj, ns.unwrap_or_default());
+                crate::admission::default_tolerations(&mut obj, self.default_tolerations);
             }
             ("networking.k8s.io", "ingresses") => self.default_class(
                 &mut obj,
@@ -1577,6 +1580,7 @@ mod tests {
             resources: Arc::new(Resources::new()),
             service_cidr: ("10.43.0.0".parse().unwrap(), 16),
             service_accounts: None,
+            default_tolerations: Default::default(),
         };
         let info = reg.resources.find("", "v1", "namespaces").unwrap();
         // 3^5 = 243 possible names: 40 creates almost surely collide (p ~ 0.96)

@@ -589,6 +589,7 @@ pub(crate) mod test_support {
             resources: Arc::new(Resources::new()),
             service_cidr: ("10.43.0.0".parse().unwrap(), 16),
             service_accounts: None,
+            default_tolerations: Default::default(),
         })
     }
 

@@ -393,22 +393,33 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace`; waits until they are gone.
+/// When `pid` started (clock ticks after boot), telling a process from a
+/// later one that reuses its pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; fields counted after the parenthesized command name.
+    stat.rsplit_once(") ")?.1.split(' ').nth(19)?.parse().ok()
+}
+
+/// SIGTERM, then SIGKILL after `grace`; waits until they are gone. A pid
+/// taken over by a new process meanwhile is left alone.
 pub fn terminate(pids: &[i32], grace: Duration) {
+    let procs: Vec<(i32, Option<u64>)> = pids.iter().map(|&p| (p, start_time(p))).collect();
+    let running = |(p, t): &(i32, Option<u64>)| alive(*p) && start_time(*p) == *t;
     for &p in pids {
         // SAFETY: plain kill(2) on processes found by their command line.
         unsafe { libc::kill(p, libc::SIGTERM) };
     }
     let deadline = Instant::now() + grace;
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+    while procs.iter().any(running) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for &p in pids.iter().filter(|&&p| alive(p)) {
-        // SAFETY: as above.
-        unsafe { libc::kill(p, libc::SIGKILL) };
+    for (p, _) in procs.iter().filter(|p| running(p)) {
+        // SAFETY: as above, and still the same process.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+    while procs.iter().any(running) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

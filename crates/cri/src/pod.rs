@@ -1196,6 +1196,8 @@ pub struct FoundPod {
     pub name: String,
     pub uid: String,
     pub pod_ip: Option<String>,
+    /// When the sandbox was created (ns since the epoch).
+    pub created_at: i64,
     /// The latest attempt of each container name (its attempt is its
     /// restart count), oldest first.
     pub containers: Vec<RunningContainer>,
@@ -1203,7 +1205,8 @@ pub struct FoundPod {
 
 /// The pods the runtime runs, found by their CRI labels. Sandboxes that
 /// are not ready (stopped) or carry no pod uid are removed, and so are
-/// containers superseded by a later attempt of the same name.
+/// containers superseded by a later attempt of the same name (failures to
+/// remove are logged: they do not keep the node from starting).
 pub async fn find_pods(cri: &Cri) -> anyhow::Result<Vec<FoundPod>> {
     let sandboxes = list_sandboxes(cri).await?;
     let containers = cri
@@ -1218,16 +1221,18 @@ pub async fn find_pods(cri: &Cri) -> anyhow::Result<Vec<FoundPod>> {
     for sb in sandboxes {
         let label = |k: &str| sb.labels.get(k).cloned().unwrap_or_default();
         let uid = label("io.kubernetes.pod.uid");
-        if sb.state != cri::PodSandboxState::SandboxReady as i32 || uid.is_empty() {
-            remove_sandbox(cri, &sb.id).await?;
+        let status = if sb.state == cri::PodSandboxState::SandboxReady as i32 && !uid.is_empty() {
+            cri.sandbox_status(&sb.id).await
+        } else {
+            Ok(None)
+        };
+        let Ok(Some(status)) = status else {
+            if let Err(e) = remove_sandbox(cri, &sb.id).await {
+                tracing::warn!(sandbox = %sb.id, "removing a stale sandbox: {e:#}");
+            }
             continue;
-        }
-        let pod_ip = cri
-            .sandbox_status(&sb.id)
-            .await?
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .filter(|ip| !ip.is_empty());
+        };
+        let pod_ip = status.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
         let mut latest: HashMap<String, &cri::Container> = HashMap::new();
         let mut superseded = vec![];
         for c in containers.iter().filter(|c| c.pod_sandbox_id == sb.id) {
@@ -1246,7 +1251,9 @@ pub async fn find_pods(cri: &Cri) -> anyhow::Result<Vec<FoundPod>> {
             }
         }
         for id in superseded {
-            remove_container(cri, &id).await?;
+            if let Err(e) = remove_container(cri, &id).await {
+                tracing::warn!(container = %id, "removing a superseded container: {e:#}");
+            }
         }
         let mut found: Vec<&cri::Container> = latest.into_values().collect();
         found.sort_by_key(|c| c.created_at);
@@ -1256,6 +1263,7 @@ pub async fn find_pods(cri: &Cri) -> anyhow::Result<Vec<FoundPod>> {
             name: label("io.kubernetes.pod.name"),
             uid,
             pod_ip,
+            created_at: sb.created_at,
             containers: found
                 .into_iter()
                 .map(|c| RunningContainer {

@@ -337,11 +337,22 @@ async fn images(args: ImagesArgs) -> Result<()> {
 }
 
 /// The audit log settings, from the flags and any `--kube-apiserver-arg`.
-fn audit_config(args: &ServerArgs) -> Result<Option<kobune_apiserver::audit::Config>> {
+/// The audit log and DefaultTolerationSeconds settings, from their flags
+/// and `--kube-apiserver-arg`.
+fn apiserver_options(
+    args: &ServerArgs,
+) -> Result<(
+    Option<kobune_apiserver::audit::Config>,
+    kobune_apiserver::admission::DefaultTolerations,
+)> {
     let mut path = args.audit_log_path.clone();
     let mut policy = args.audit_policy_file.clone();
     let mut max_size_mb = args.audit_log_maxsize;
     let mut max_backups = args.audit_log_maxbackup;
+    let mut tolerations = kobune_apiserver::admission::DefaultTolerations {
+        not_ready_seconds: args.default_not_ready_toleration_seconds,
+        unreachable_seconds: args.default_unreachable_toleration_seconds,
+    };
     for a in &args.kube_apiserver_arg {
         let (k, v) = a
             .split_once('=')
@@ -352,20 +363,27 @@ fn audit_config(args: &ServerArgs) -> Result<Option<kobune_apiserver::audit::Con
             "audit-policy-file" => policy = Some(v.into()),
             "audit-log-maxsize" => max_size_mb = v.parse().with_context(number)?,
             "audit-log-maxbackup" => max_backups = v.parse().with_context(number)?,
+            "default-not-ready-toleration-seconds" => {
+                tolerations.not_ready_seconds = v.parse().with_context(number)?
+            }
+            "default-unreachable-toleration-seconds" => {
+                tolerations.unreachable_seconds = v.parse().with_context(number)?
+            }
             other => anyhow::bail!(
-                "--kube-apiserver-arg {other}: not supported by kobune (audit-log-path, audit-policy-file, audit-log-maxsize and audit-log-maxbackup are)"
+                "--kube-apiserver-arg {other}: not supported by kobune (audit-log-path, audit-policy-file, audit-log-maxsize, audit-log-maxbackup, default-not-ready-toleration-seconds and default-unreachable-toleration-seconds are)"
             ),
         }
     }
     if path.is_none() && policy.is_some() {
         anyhow::bail!("--audit-policy-file needs --audit-log-path");
     }
-    Ok(path.map(|path| kobune_apiserver::audit::Config {
+    let audit = path.map(|path| kobune_apiserver::audit::Config {
         path,
         policy,
         max_size_mb,
         max_backups,
-    }))
+    });
+    Ok((audit, tolerations))
 }
 
 /// Flags follow k3s's names where the concept is the same.
@@ -426,8 +444,16 @@ struct ServerArgs {
     /// Rotated audit logs to keep (0: all).
     #[arg(long, default_value_t = 0)]
     audit_log_maxbackup: usize,
+    /// Seconds a new pod stays on a node that is not ready before it is evicted, unless it
+    /// tolerates node.kubernetes.io/not-ready itself (DefaultTolerationSeconds).
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// As --default-not-ready-toleration-seconds, for an unreachable node.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
     /// A kube-apiserver flag as k3s takes it, KEY=VALUE (repeatable); the audit-log-path,
-    /// audit-policy-file, audit-log-maxsize and audit-log-maxbackup keys are understood.
+    /// audit-policy-file, audit-log-maxsize, audit-log-maxbackup and default-*-toleration-seconds
+    /// keys are understood.
     #[arg(long, value_name = "KEY=VALUE")]
     kube_apiserver_arg: Vec<String>,
     /// HTTP port of the built-in Ingress controller (0: no HTTP listener).
@@ -473,7 +499,7 @@ fn default_data_dir() -> PathBuf {
 
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let audit = audit_config(&args)?;
+    let (audit, default_tolerations) = apiserver_options(&args)?;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -509,6 +535,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         datastore_endpoint: args.datastore_endpoint.clone(),
         watch_cache_size: args.watch_cache_size.max(1),
         audit,
+        default_tolerations,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -379,6 +379,9 @@ pub struct Syncer {
     next_full: Instant,
     failures: u32,
     first: bool,
+    /// Read what the kernel holds of ours before the next pass (at first,
+    /// and after a failed restore).
+    reread: bool,
     /// When the last pass ended: a change within `debounce` of it waits
     /// for the rest of that window (a burst), any later one goes at once.
     last: Option<Instant>,
@@ -411,6 +414,7 @@ impl Syncer {
             next_full: Instant::now() + resync,
             failures: 0,
             first: true,
+            reread: true,
             last: None,
         }
     }
@@ -434,7 +438,8 @@ impl Syncer {
                 _ = stop.changed() => return None,
             }
         }
-        if std::mem::take(&mut self.first) {
+        self.first = false;
+        if std::mem::take(&mut self.reread) {
             let (tables, all, ours) = (self.tables, self.all_jumps, self.ours);
             match tokio::task::spawn_blocking(move || existing(tables, all, ours)).await {
                 Ok(Ok(e)) => {
@@ -522,8 +527,9 @@ impl Syncer {
                 // Retry soon, with some backoff, still timing from the change,
                 // as a full resync: whatever made the restore fail (say,
                 // someone removed our chains or jumps), the next attempt
-                // checks the jumps and rewrites every chain.
+                // reads the kernel's rules again and rewrites every chain.
                 self.next_full = Instant::now();
+                self.reread = true;
                 dirty.restore(pass.since);
                 dirty.mark();
                 tokio::time::sleep(Duration::from_millis(100 * self.failures.min(50) as u64)).await;

@@ -21,6 +21,7 @@ async fn registry(dir: &std::path::Path) -> Arc<Registry> {
         resources: Arc::new(Resources::new()),
         service_cidr: ("10.43.0.0".parse().unwrap(), 16),
         service_accounts: None,
+        default_tolerations: Default::default(),
     })
 }
 
