@@ -772,17 +772,6 @@ impl NetworkPolicies {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-
-    /// Stops following and removes every rule.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        match tokio::task::spawn_blocking(cleanup_rules).await {
-            Ok(Ok(())) => tracing::info!("network policy rules removed"),
-            Ok(Err(e)) => tracing::warn!("removing network policy rules: {e:#}"),
-            Err(e) => tracing::warn!("removing network policy rules: {e}"),
-        }
-    }
 }
 
 async fn run_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {

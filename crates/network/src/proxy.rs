@@ -675,11 +675,10 @@ struct Inner {
     dirty: Dirty,
 }
 
-/// A running service proxy; [`Proxy::shutdown`] removes its rules.
+/// A running service proxy; its rules outlive it until [`cleanup_rules`].
 pub struct Proxy {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    cfg: ProxyConfig,
 }
 
 fn slice_service(o: &Value) -> Vec<String> {
@@ -866,7 +865,7 @@ impl Proxy {
             .await?;
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_loop(inner, stop_rx));
-        Ok(Proxy { stop, task, cfg })
+        Ok(Proxy { stop, task })
     }
 
     /// Stops syncing; the rules stay in the kernel, so Services keep
@@ -874,27 +873,6 @@ impl Proxy {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-    }
-
-    /// Stops syncing and removes every rule, chain and the route.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        let cfg = self.cfg;
-        let r = tokio::task::spawn_blocking(move || {
-            let _ = run(
-                "ip",
-                &["route", "del", &cfg.service_cidr, "dev", &cfg.bridge],
-                None,
-            );
-            cleanup_rules()
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => tracing::info!("service proxy rules removed"),
-            Ok(Err(e)) => tracing::warn!("removing service proxy rules: {e:#}"),
-            Err(e) => tracing::warn!("removing service proxy rules: {e}"),
-        }
     }
 }
 
