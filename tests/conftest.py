@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,52 @@ def wait_for(fn, timeout=15, what="condition", interval=0.2, retry_on=()):
                 return last
         time.sleep(interval)
     raise AssertionError(f"{what} not met in time (last: {last!r})")
+
+
+class Load:
+    """Runs each named check (a callable that raises on failure) over and over in its own thread,
+    `pause` seconds apart; counts answers and records failures as (time, name, error) and the
+    slowest answer of each check."""
+
+    def __init__(self, checks, pause=0.02):
+        self.ok, self.failures, self.slowest = 0, [], {}
+        self.pause = pause
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=c, daemon=True) for c in checks.items()]
+        for t in self.threads:
+            t.start()
+
+    def run(self, name, check):
+        while not self.done.is_set():
+            t0 = time.time()
+            try:
+                check()
+                self.ok += 1
+                self.slowest[name] = max(self.slowest.get(name, 0), time.time() - t0)
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failures.append((t0, name, repr(e)))
+            time.sleep(self.pause)
+
+    def stop(self):
+        self.done.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def count(self, name):
+        return sum(1 for f in self.failures if f[1] == name)
+
+    def outage(self):
+        """Seconds from the first failure to the last."""
+        times = sorted(f[0] for f in self.failures)
+        return times[-1] - times[0] if times else 0.0
+
+
+def http_get(url, host=None, timeout=2):
+    """GET `url` (with a Host header if given); fails unless the answer is 200."""
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.status == 200, r.status
+        r.read()
 
 
 def require_containerd(test_file):

@@ -1,22 +1,28 @@
 """Restarting `kobune server` (an upgrade, a security fix) does not touch the workloads: its node's
 pods keep running and serving while the server is down, and the next start adopts them, as the
-kubelet and k3s do. Proved with a Deployment behind a Service under steady load from the host:
-no request to the pods' IPs or to the ClusterIP fails across SIGTERM and restart; afterwards the
-same containers run (same IDs, no restarts), still Ready, with their emptyDir content, logs and
-exec; the Deployment scales and replaces pods as before; a pod deleted right after the restart is
-replaced. `kobune killall` then stops everything the node left. Needs root and containerd.
+kubelet and k3s do. Proved with a Deployment behind a Service and an Ingress under steady load
+from the host: no request to the pods' IPs, the ClusterIP or the Ingress, and no cluster DNS
+query, fails across SIGTERM and restart (the Ingress and DNS sockets are held for the next
+server); afterwards the same containers run (same IDs, no restarts), still Ready, with their
+emptyDir content, logs and exec; the Deployment scales and replaces pods as before; a pod deleted
+right after the restart is replaced. `kobune killall` then stops everything the node left,
+closing the held sockets too. Needs root and containerd.
 
 Run under the containerd lock: flock /tmp/kobune-containerd.lock pytest tests/test_restart.py"""
 
 import shutil
+import socket
 import subprocess
-import threading
 import time
 import urllib.request
 
 import pytest
 
-from conftest import KOBUNE, NODE, AgentServer, killall, require_containerd, wait_for
+import dns.message
+import dns.query
+import dns.rcode
+
+from conftest import KOBUNE, NODE, AgentServer, Load, free_port, http_get, killall, require_containerd, wait_for
 
 require_containerd("tests/test_restart.py")
 
@@ -61,41 +67,28 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  rules:
+  - host: web.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
 """
+
+# The Ingress's HTTP port on 127.0.0.1.
+HTTP = free_port()
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = AgentServer(extra_args=["--node-name", NODE])
+    s = AgentServer(extra_args=["--node-name", NODE, "--ingress-http-port", str(HTTP), "--ingress-https-port", "0"])
     yield s
     s.stop()
     shutil.rmtree(s.data_dir, ignore_errors=True)
-
-
-class Load:
-    """GETs each URL in turn, every 20 ms, from a thread; counts answers and failures."""
-
-    def __init__(self, urls):
-        self.urls, self.ok, self.failures = urls, 0, []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.done.is_set():
-            for url in self.urls:
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        assert r.status == 200
-                        r.read()
-                    self.ok += 1
-                except Exception as e:  # noqa: BLE001 - every failure counts
-                    self.failures.append((time.time(), url, repr(e)))
-            time.sleep(0.02)
-
-    def stop(self):
-        self.done.set()
-        self.thread.join(timeout=10)
 
 
 def pods(server):
@@ -116,16 +109,29 @@ def test_server_restart_keeps_pods_running_and_serving(server):
     first = before[0][0]
     server.kubectl("exec", "-n", NS, first, "-c", "box", "--", "sh", "-c", "echo kept > /scratch/note")
     vip = server.json("get", "service", "web", "-n", NS)["spec"]["clusterIP"]
-    urls = [f"http://{s[1]}:8080/" for s in before] + [f"http://{vip}/"]
+    dns_ip = server.json("get", "service", "kube-dns", "-n", "kube-system")["spec"]["clusterIP"]
 
-    def answers(url):
+    def resolve():
+        q = dns.message.make_query(f"web.{NS}.svc.cluster.local", "A")
+        r = dns.query.udp(q, dns_ip, timeout=20)
+        assert r.rcode() == dns.rcode.NOERROR and vip in r.to_text(), r.to_text()
+    # Straight to each pod and through the ClusterIP (answered by the pods and the kernel's rules
+    # alone), and through the Ingress and cluster DNS, which run in the server: while it is down
+    # their sockets are held, so a request or query made then waits for the next server.
+    checks = {f"pod {s[1]}": (lambda ip=s[1]: http_get(f"http://{ip}:8080/")) for s in before}
+    checks["ClusterIP"] = lambda: http_get(f"http://{vip}/")
+    checks["Ingress"] = lambda: http_get(f"http://127.0.0.1:{HTTP}/", host="web.example", timeout=20)
+    checks["DNS"] = resolve
+
+    def answers(check):
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status == 200
-        except OSError:
+            check()
+            return True
+        except Exception:  # noqa: BLE001 - not yet
             return False
-    wait_for(lambda: all(answers(u) for u in urls), what="the pods and the ClusterIP answering")
-    load = Load(urls)
+    wait_for(lambda: all(answers(c) for c in checks.values()), timeout=30,
+             what="the pods, the ClusterIP, the Ingress and DNS answering")
+    load = Load(checks)
     try:
         time.sleep(1)
         down = time.time()
@@ -141,8 +147,11 @@ def test_server_restart_keeps_pods_running_and_serving(server):
         time.sleep(3)
     finally:
         load.stop()
+    print("slowest answers (s):", {k: round(v, 3) for k, v in load.slowest.items()})
     assert load.failures == [], load.failures[:5]
     assert load.ok > 100, load.ok
+    # The Ingress and DNS were answered all along, some only once the server was back.
+    assert set(load.slowest) == set(checks), load.slowest
 
     # The same containers, not restarted, Ready all along.
     after = sorted(state(p) for p in pods(server))
@@ -176,9 +185,14 @@ def test_killall_stops_what_the_node_left(server):
     for ip in ips:
         with urllib.request.urlopen(f"http://{ip}:8080/", timeout=2) as r:
             assert r.status == 200
+    # The Ingress port is held for the next server: a connection is queued, not refused.
+    socket.create_connection(("127.0.0.1", HTTP), timeout=2).close()
     # ... until `kobune killall`.
     r = killall(server.data_dir)
     assert "stopped the pods" in r.stdout
+    assert "closed the Ingress and DNS sockets" in r.stdout
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", HTTP), timeout=2)
     for ip in ips:
         with pytest.raises(Exception):
             urllib.request.urlopen(f"http://{ip}:8080/", timeout=2)

@@ -161,15 +161,36 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A child process we started; killed on drop.
+/// A child process we started; killed on drop. For a `kobune server`
+/// whose node ran pods, `kobune killall` then stops what it left running
+/// (its pods outlive it).
 struct Proc {
     child: Child,
+    /// The kobune binary and the server's data directory.
+    server: Option<(PathBuf, PathBuf)>,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some((kobune, data)) = &self.server {
+            if data.join("agent").join("containerd").exists() {
+                let out = Command::new(kobune)
+                    .args(["killall", "--data-dir"])
+                    .arg(data)
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => {}
+                    Ok(o) => eprintln!(
+                        "kobune killall --data-dir {}: {}",
+                        data.display(),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => eprintln!("running kobune killall: {e}"),
+                }
+            }
+        }
     }
 }
 
@@ -177,7 +198,10 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
     let f = std::fs::File::create(log)?;
     cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    Ok(Proc { child })
+    Ok(Proc {
+        child,
+        server: None,
+    })
 }
 
 /// Starts `kobune server` with its data in `data`, serving on
@@ -203,6 +227,7 @@ async fn start_server(
         .args(["--https-listen-port", &port.to_string()])
         .args(extra);
     let mut proc = spawn_logged(cmd, log)?;
+    proc.server = Some((kobune.to_path_buf(), data.to_path_buf()));
     let deadline = Instant::now() + timeout;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -219,7 +244,7 @@ async fn start_server(
     }
 }
 
-/// SIGTERM, so a node agent and the service proxy clean up; SIGKILL after 30 s.
+/// SIGTERM, then SIGKILL after 30 s; then `kobune killall` (see [`Proc`]).
 async fn stop_server(mut p: Proc) {
     let _ = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kobune_controllers::runtime::Source;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// mimalloc (built without transparent huge pages, which would add ~10 MiB
@@ -37,6 +37,13 @@ enum Command {
     /// Stop every pod a stopped server's or agent's node left running, with
     /// its containerd, pod network, routes and Service rules (k3s-killall.sh).
     Killall(KillallArgs),
+    /// Holds a server's Ingress and cluster DNS sockets while it restarts
+    /// (started by `kobune server`; stopped by `kobune killall`).
+    #[command(hide = true)]
+    ListenerKeeper {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -161,6 +168,11 @@ async fn killall(args: KillallArgs) -> Result<()> {
         "kobune killall stops what a stopped node left; stop `kobune server`/`kobune agent` first",
     )?;
     kobune_agent::join::cleanup(&node_dir).await;
+    match kobune_network::listeners::stop_keeper(&dir) {
+        Ok(true) => println!("closed the Ingress and DNS sockets held for the server"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("stopping the listener keeper: {e}"),
+    }
     let r = tokio::task::spawn_blocking(|| {
         kobune_network::netpol::cleanup_rules()?;
         kobune_network::proxy::cleanup_rules()
@@ -581,6 +593,15 @@ async fn server(args: ServerArgs) -> Result<()> {
     kobune_agent::volumes::set_claim_resolver(Arc::new(move |ns: &str, claim: &str| {
         kobune_controllers::local_path::claim_path(&reg, ns, claim)
     }));
+    // With a node agent the node's data plane outlives the server: pods,
+    // Service rules, and the Ingress and DNS sockets, held by a keeper
+    // process while no server runs.
+    let listeners = if args.disable_agent {
+        kobune_network::listeners::Listeners::unkept()
+    } else {
+        kobune_network::listeners::Listeners::kept(&data_dir, || spawn_keeper(&data_dir))?
+    };
+    let mut ingress = None;
     if !args.disable_ingress {
         let node_name =
             (!args.disable_agent).then(|| args.node_name.clone().unwrap_or_else(hostname));
@@ -589,7 +610,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         } else {
             args.bind_address.to_string()
         };
-        kobune_network::ingress::start(
+        let controller = kobune_network::ingress::start(
             server.registry.clone(),
             kobune_network::ingress::Config {
                 http: SocketAddr::new(args.bind_address, args.ingress_http_port),
@@ -597,9 +618,11 @@ async fn server(args: ServerArgs) -> Result<()> {
                 node_name,
                 fallback_ip,
             },
+            &listeners,
         )
         .await
         .context("starting the Ingress controller")?;
+        ingress = Some(controller);
     }
     if args.simulate_nodes > 0 {
         kobune_agent::start_simulated(server.registry.clone(), args.simulate_nodes, "sim").await?;
@@ -683,6 +706,7 @@ async fn server(args: ServerArgs) -> Result<()> {
                 domain: args.cluster_domain.clone(),
                 resolv_conf: resolv_conf.clone(),
             },
+            &listeners,
         )
         .await
         .context("starting cluster DNS")?;
@@ -745,6 +769,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             .context("starting network policy enforcement (needs root and iptables)")?,
         ),
     };
+    listeners.commit();
     println!(
         "kobune server ready in {} ms: https://{host}:{} ({backend} datastore in {})",
         started.elapsed().as_millis(),
@@ -760,11 +785,14 @@ async fn server(args: ServerArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
         r = serve => { r??; }
     }
+    // Ingress connections finish their request in flight; new ones (and
+    // DNS queries) wait in the held sockets for the next server.
+    let drained = ingress.map(|c| tokio::spawn(async move { c.drain(INGRESS_DRAIN).await }));
+    if let Some(dns) = dns_server {
+        dns.stop().await;
+    }
     if let Some(leader) = leader {
         leader.shutdown().await;
-    }
-    if let Some(mut dns) = dns_server {
-        dns.stop();
     }
     // Pods, their network and the Service and policy rules stay, so an
     // upgrade or restart of the server does not interrupt them; the next
@@ -775,6 +803,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     if let Some(proxy) = proxy {
         proxy.stop().await;
     }
+    if let Some(drained) = drained {
+        let _ = drained.await;
+    }
     if let Some(node) = node {
         node.shutdown().await;
         println!(
@@ -782,6 +813,32 @@ async fn server(args: ServerArgs) -> Result<()> {
             data_dir.display()
         );
     }
+    Ok(())
+}
+
+/// How long a stopping server waits for Ingress requests in flight.
+const INGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts `kobune listener-keeper` for `dir` in its own process group, so
+/// that it outlives this server (and a Ctrl-C to it).
+fn spawn_keeper(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("listener-keeper.log"))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("listener-keeper")
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    // Reaped should it exit while this server runs.
+    std::thread::spawn(move || child.wait());
     Ok(())
 }
 
@@ -810,6 +867,12 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::ListenerKeeper { data_dir } = &cli.command {
+        return Ok(kobune_network::listeners::keep(
+            data_dir,
+            kobune_network::listeners::HOLD,
+        )?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -818,6 +881,7 @@ fn main() -> Result<()> {
         Command::Images(args) => rt.block_on(images(args)),
         Command::Agent(args) => rt.block_on(agent(args)),
         Command::Killall(args) => rt.block_on(killall(args)),
+        Command::ListenerKeeper { .. } => unreachable!("run before the runtime starts"),
     }
 }
 

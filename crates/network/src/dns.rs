@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::listeners::{InFlight, Listeners};
 use anyhow::Context;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME, NS, PTR, SOA, SRV};
@@ -39,6 +40,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use kobune_apiserver::registry::{Registry, WriteOptions};
 use kobune_controllers::runtime::Informer;
 use serde_json::{json, Value};
+use socket2::Type;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -665,13 +667,18 @@ fn is_truncated(msg: &[u8]) -> bool {
 pub struct DnsServer {
     pub zone: Arc<Zone>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    in_flight: InFlight,
 }
 
 impl DnsServer {
-    pub fn stop(&mut self) {
+    /// Stops taking queries and waits (up to a second) for those being
+    /// answered. Queries that arrive later wait in the socket for the next
+    /// server if a keeper holds it (see [`crate::listeners`]).
+    pub async fn stop(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        self.in_flight.wait(Duration::from_secs(1)).await;
     }
 }
 
@@ -680,27 +687,19 @@ struct Handler {
     upstreams: Upstreams,
 }
 
-fn bind_sockets(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let domain = Domain::for_address(addr);
-    let freebind = |s: &Socket| match addr {
-        // The bridge may get its address only when the first pod starts.
-        SocketAddr::V4(_) => s.set_freebind_v4(true),
-        SocketAddr::V6(_) => s.set_freebind_v6(true),
-    };
-    let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    freebind(&udp)?;
-    udp.set_reuse_address(true)?;
-    udp.set_nonblocking(true)?;
-    udp.bind(&addr.into())
+/// The UDP and TCP sockets at `addr`, from `listeners` (held across a
+/// server restart) or bound anew. Freebind: the bridge may get its address
+/// only when the first pod starts.
+fn bind_sockets(
+    listeners: &Listeners,
+    addr: SocketAddr,
+) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let udp = listeners
+        .take(addr, Type::DGRAM, true)
         .with_context(|| format!("binding udp {addr}"))?;
-    let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    freebind(&tcp)?;
-    tcp.set_reuse_address(true)?;
-    tcp.set_nonblocking(true)?;
-    tcp.bind(&addr.into())
+    let tcp = listeners
+        .take(addr, Type::STREAM, true)
         .with_context(|| format!("binding tcp {addr}"))?;
-    tcp.listen(128)?;
     let udp = UdpSocket::from_std(std::net::UdpSocket::from(udp))?;
     let tcp = TcpListener::from_std(std::net::TcpListener::from(tcp))?;
     Ok((udp, tcp))
@@ -737,7 +736,11 @@ pub fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::Res
 }
 
 /// Starts the informers and the UDP and TCP listeners.
-pub async fn start(registry: Arc<Registry>, cfg: DnsConfig) -> anyhow::Result<DnsServer> {
+pub async fn start(
+    registry: Arc<Registry>,
+    cfg: DnsConfig,
+    listeners: &Listeners,
+) -> anyhow::Result<DnsServer> {
     let own_ip = match cfg.listen.ip() {
         IpAddr::V4(v4) => v4,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
@@ -748,7 +751,8 @@ pub async fn start(registry: Arc<Registry>, cfg: DnsConfig) -> anyhow::Result<Dn
         zone.slices.start(&registry.cache, |_, _| {})?,
         zone.pods.start(&registry.cache, |_, _| {})?,
     ];
-    let (udp, tcp) = bind_sockets(cfg.listen)?;
+    let (udp, tcp) = bind_sockets(listeners, cfg.listen)?;
+    let in_flight = InFlight::default();
     let handler = Arc::new(Handler {
         zone: zone.clone(),
         upstreams: Upstreams {
@@ -758,7 +762,7 @@ pub async fn start(registry: Arc<Registry>, cfg: DnsConfig) -> anyhow::Result<Dn
         },
     });
     let udp = Arc::new(udp);
-    let h = handler.clone();
+    let (h, flight) = (handler.clone(), in_flight.clone());
     tasks.push(tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         loop {
@@ -770,15 +774,16 @@ pub async fn start(registry: Arc<Registry>, cfg: DnsConfig) -> anyhow::Result<Dn
                 }
             };
             let req = buf[..n].to_vec();
-            let (h, udp) = (h.clone(), udp.clone());
+            let (h, udp, busy) = (h.clone(), udp.clone(), flight.enter());
             tokio::spawn(async move {
                 if let Some(resp) = h.handle(&req, true).await {
                     let _ = udp.send_to(&resp, peer).await;
                 }
+                drop(busy);
             });
         }
     }));
-    let h = handler.clone();
+    let (h, flight) = (handler.clone(), in_flight.clone());
     tasks.push(tokio::spawn(async move {
         loop {
             let (stream, _) = match tcp.accept().await {
@@ -789,14 +794,19 @@ pub async fn start(registry: Arc<Registry>, cfg: DnsConfig) -> anyhow::Result<Dn
                     continue;
                 }
             };
-            let h = h.clone();
+            let (h, busy) = (h.clone(), flight.enter());
             tokio::spawn(async move {
                 let _ = serve_tcp(h, stream).await;
+                drop(busy);
             });
         }
     }));
     tracing::info!(listen = %cfg.listen, domain = %cfg.domain, "cluster DNS serving");
-    Ok(DnsServer { zone, tasks })
+    Ok(DnsServer {
+        zone,
+        tasks,
+        in_flight,
+    })
 }
 
 async fn serve_tcp(h: Arc<Handler>, mut stream: TcpStream) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod routes;
 pub mod tls;
 
+use crate::listeners::{InFlight, Listeners};
 use kobune_apimachinery::ResourceInfo;
 use kobune_apiserver::registry::WriteOptions;
 use kobune_apiserver::Registry;
@@ -30,7 +31,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// The IngressClass this controller creates and serves.
 pub const CLASS: &str = "kobune";
@@ -94,6 +95,10 @@ pub struct Controller {
     pub(crate) client: proxy::Client,
     /// Idle upstream connections of the HTTP/1.1 fast path.
     pub(crate) pool: h1::Pool,
+    /// Set once the server stops: no new connections, none kept alive.
+    pub(crate) draining: watch::Sender<bool>,
+    /// Client connections being served.
+    pub(crate) in_flight: InFlight,
 }
 
 fn by_service(o: &Value) -> Vec<String> {
@@ -142,7 +147,11 @@ fn meta<'a>(o: &'a Value, f: &str) -> &'a str {
 /// once the informers have synced and the first tables are built. A port
 /// that cannot be bound is logged and recorded as a Warning Event on the
 /// IngressClass; the rest keeps running.
-pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<Controller>> {
+pub async fn start(
+    registry: Arc<Registry>,
+    cfg: Config,
+    listeners: &Listeners,
+) -> anyhow::Result<Arc<Controller>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let infos = Infos {
         ingresses: find(&registry, "networking.k8s.io", "ingresses")?,
@@ -169,6 +178,8 @@ pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<C
         wake: Arc::new(Notify::new()),
         client: proxy::client(),
         pool: h1::Pool::default(),
+        draining: watch::Sender::new(false),
+        in_flight: InFlight::default(),
     });
     ctl.ensure_class().await;
     for inf in [&ctl.ingresses, &ctl.services, &ctl.slices, &ctl.secrets] {
@@ -197,7 +208,10 @@ pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<C
             continue;
         }
         let what = if https { "HTTPS" } else { "HTTP" };
-        match tokio::net::TcpListener::bind(addr).await {
+        let listener = listeners
+            .take(addr, socket2::Type::STREAM, false)
+            .and_then(|s| tokio::net::TcpListener::from_std(s.into()));
+        match listener {
             Ok(l) => {
                 tracing::info!("ingress controller serving {what} on {addr}");
                 tokio::spawn(proxy::serve(ctl.clone(), l, https));
@@ -215,6 +229,20 @@ pub async fn start(registry: Arc<Registry>, cfg: Config) -> anyhow::Result<Arc<C
 }
 
 impl Controller {
+    /// Stops accepting connections and waits, at most `limit`, for those
+    /// being served: each finishes its request in flight and is closed
+    /// (idle ones at once). Connections that arrive meanwhile wait in the
+    /// listener's queue for the next server if a keeper holds it.
+    pub async fn drain(&self, limit: Duration) {
+        self.draining.send_replace(true);
+        if !self.in_flight.wait(limit).await {
+            tracing::info!(
+                "Ingress connections still open after {} s: closing them",
+                limit.as_secs()
+            );
+        }
+    }
+
     fn opts() -> WriteOptions {
         WriteOptions {
             field_manager: Some(COMPONENT.into()),

@@ -5,5 +5,6 @@
 pub mod dns;
 pub mod ingress;
 pub mod iptables;
+pub mod listeners;
 pub mod netpol;
 pub mod proxy;

@@ -617,6 +617,8 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut timer = None;
     let fwd = forwarded(&conn);
+    let mut draining = ctl.draining.subscribe();
+    let mut served = 0u64;
     loop {
         // A whole request head, parsed once and planned from.
         let mut snap = None;
@@ -633,15 +635,32 @@ where
                     _ => return Outcome::Fallback(buf),
                 }
             }
-            match io.read_buf(&mut buf).await {
+            // Draining, a kept-alive connection waiting for its next
+            // request is closed; a new one still gets its first answered.
+            let read = if buf.is_empty() && served > 0 {
+                tokio::select! {
+                    r = io.read_buf(&mut buf) => Some(r),
+                    _ = draining.wait_for(|d| *d) => None,
+                }
+            } else {
+                Some(io.read_buf(&mut buf).await)
+            };
+            let Some(read) = read else {
+                let _ = io.shutdown().await;
+                return Outcome::Done;
+            };
+            match read {
                 Ok(0) if buf.is_empty() => return Outcome::Done,
                 Ok(0) | Err(_) => return Outcome::Fallback(buf),
                 Ok(_) => {}
             }
         };
-        let Some(p) = planned else {
+        let Some(mut p) = planned else {
             return Outcome::Fallback(buf);
         };
+        // Draining: this answer is the connection's last.
+        p.close |= *draining.borrow();
+        served += 1;
         buf.advance(head_len);
         match forward(ctl, io, &p, &head, &mut out, &mut timer).await {
             Ok(true) if !p.close => {}

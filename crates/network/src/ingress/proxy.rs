@@ -42,7 +42,7 @@ pub(super) struct Conn {
     pub(super) port: u16,
 }
 
-/// Accepts connections until the process ends.
+/// Accepts connections until the controller drains.
 pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, https: bool) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let acceptor = https.then(|| {
@@ -56,8 +56,13 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, http
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     });
+    let mut draining = ctl.draining.subscribe();
     loop {
-        let (tcp, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let (tcp, remote) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("ingress accept: {e}");
@@ -73,7 +78,9 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, http
         };
         let ctl = ctl.clone();
         let acceptor = acceptor.clone();
+        let busy = ctl.in_flight.enter();
         tokio::spawn(async move {
+            let _busy = busy;
             match acceptor {
                 Some(acc) => {
                     if let Ok(Ok(tls)) =
@@ -109,13 +116,21 @@ async fn serve_conn<I>(ctl: Arc<Controller>, io: I, conn: Conn)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let mut draining = ctl.draining.subscribe();
     let svc = hyper::service::service_fn(move |req| {
         let ctl = ctl.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&ctl, req, conn).await) }
     });
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(io, svc)
-        .await;
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let served = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    // Draining: finish what is in flight, then close.
+    served.as_mut().graceful_shutdown();
+    let _ = served.await;
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
