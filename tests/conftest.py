@@ -306,9 +306,9 @@ class Load:
         return times[-1] - times[0] if times else 0.0
 
 
-def http_get(url, host=None, timeout=2):
-    """GET `url` (with a Host header if given); fails unless the answer is 200."""
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+def http_get(url, host=None, timeout=2, data=None):
+    """GET `url` (POST `data` if given), with a Host header if given; fails unless the answer is 200."""
+    req = urllib.request.Request(url, data=data, headers={"Host": host} if host else {})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         assert r.status == 200, r.status
         r.read()

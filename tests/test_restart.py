@@ -121,6 +121,8 @@ def test_server_restart_keeps_pods_running_and_serving(server):
     checks = {f"pod {s[1]}": (lambda ip=s[1]: http_get(f"http://{ip}:8080/")) for s in before}
     checks["ClusterIP"] = lambda: http_get(f"http://{vip}/")
     checks["Ingress"] = lambda: http_get(f"http://127.0.0.1:{HTTP}/", host="web.example", timeout=20)
+    checks["Ingress POST"] = lambda: http_get(f"http://127.0.0.1:{HTTP}/", host="web.example", timeout=20,
+                                              data=b"order=1")
     checks["DNS"] = resolve
 
     def answers(check):
@@ -150,8 +152,11 @@ def test_server_restart_keeps_pods_running_and_serving(server):
     print("slowest answers (s):", {k: round(v, 3) for k, v in load.slowest.items()})
     assert load.failures == [], load.failures[:5]
     assert load.ok > 100, load.ok
-    # The Ingress and DNS were answered all along, some only once the server was back.
+    # The Ingress and DNS were answered all along: those asked while the server was down (3 s and
+    # more), once it was back.
     assert set(load.slowest) == set(checks), load.slowest
+    for check in ("Ingress", "Ingress POST", "DNS"):
+        assert load.slowest[check] > 2, load.slowest
 
     # The same containers, not restarted, Ready all along.
     after = sorted(state(p) for p in pods(server))

@@ -152,27 +152,41 @@ struct AgentArgs {
 
 /// `kobune killall`: what a node agent left running when it stopped.
 async fn killall(args: KillallArgs) -> Result<()> {
+    use kobune_network::listeners;
     let dir = std::path::absolute(args.data_dir.unwrap_or_else(default_data_dir))?;
+    const RUNNING: &str =
+        "kobune killall stops what a stopped node left; stop `kobune server`/`kobune agent` first";
+    anyhow::ensure!(!listeners::server_running(&dir), RUNNING);
+    let keeper = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || listeners::stop_keeper(&dir)).await?
+    };
+    let keeper = match keeper {
+        Ok(stopped) => stopped,
+        Err(e) => {
+            tracing::warn!("stopping the listener keeper: {e}");
+            false
+        }
+    };
+    if keeper {
+        println!("closed the Ingress and DNS sockets held for the server");
+    }
     // A server's node lives under DATA_DIR/agent; an agent's is DATA_DIR.
     let node_dir = if dir.join("agent").join("containerd").exists() {
         dir.join("agent")
     } else {
         dir.clone()
     };
-    anyhow::ensure!(
-        node_dir.join("containerd").exists(),
-        "{} holds no node (no containerd/ in it or in agent/)",
-        dir.display()
-    );
-    let lock = kobune_agent::node::lock_data_dir(&node_dir).context(
-        "kobune killall stops what a stopped node left; stop `kobune server`/`kobune agent` first",
-    )?;
-    kobune_agent::join::cleanup(&node_dir).await;
-    match kobune_network::listeners::stop_keeper(&dir) {
-        Ok(true) => println!("closed the Ingress and DNS sockets held for the server"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!("stopping the listener keeper: {e}"),
+    if !node_dir.join("containerd").exists() {
+        anyhow::ensure!(
+            keeper,
+            "{} holds no node (no containerd/ in it or in agent/)",
+            dir.display()
+        );
+        return Ok(());
     }
+    let lock = kobune_agent::node::lock_data_dir(&node_dir).context(RUNNING)?;
+    kobune_agent::join::cleanup(&node_dir).await;
     let r = tokio::task::spawn_blocking(|| {
         kobune_network::netpol::cleanup_rules()?;
         kobune_network::proxy::cleanup_rules()
@@ -527,6 +541,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         }
     };
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let listeners = server_listeners(&data_dir, !args.disable_agent).await?;
     let store = kobune_store::open(
         &args.datastore_endpoint,
         &data_dir.join("db").join("state.db"),
@@ -593,14 +608,6 @@ async fn server(args: ServerArgs) -> Result<()> {
     kobune_agent::volumes::set_claim_resolver(Arc::new(move |ns: &str, claim: &str| {
         kobune_controllers::local_path::claim_path(&reg, ns, claim)
     }));
-    // With a node agent the node's data plane outlives the server: pods,
-    // Service rules, and the Ingress and DNS sockets, held by a keeper
-    // process while no server runs.
-    let listeners = if args.disable_agent {
-        kobune_network::listeners::Listeners::unkept()
-    } else {
-        kobune_network::listeners::Listeners::kept(&data_dir, || spawn_keeper(&data_dir))?
-    };
     let mut ingress = None;
     if !args.disable_ingress {
         let node_name =
@@ -814,6 +821,25 @@ async fn server(args: ServerArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The sockets the Ingress and DNS serve on. With a node agent the node's
+/// data plane outlives the server (pods, Service rules, and these sockets,
+/// held by a keeper process while no server runs). Without one, a keeper an
+/// earlier run left is stopped. Fails if another server runs on `dir`.
+async fn server_listeners(dir: &Path, keep: bool) -> Result<kobune_network::listeners::Listeners> {
+    use kobune_network::listeners::{stop_keeper, Listeners};
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if keep {
+            return Ok(Listeners::kept(&dir, || spawn_keeper(&dir))?);
+        }
+        if let Err(e) = stop_keeper(&dir) {
+            tracing::warn!("stopping the listener keeper of {}: {e}", dir.display());
+        }
+        Ok(Listeners::unkept())
+    })
+    .await?
 }
 
 /// How long a stopping server waits for Ingress requests in flight.

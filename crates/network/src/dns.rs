@@ -675,8 +675,11 @@ impl DnsServer {
     /// answered. Queries that arrive later wait in the socket for the next
     /// server if a keeper holds it (see [`crate::listeners`]).
     pub async fn stop(mut self) {
-        for t in self.tasks.drain(..) {
+        for t in &self.tasks {
             t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
         }
         self.in_flight.wait(Duration::from_secs(1)).await;
     }

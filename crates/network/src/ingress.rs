@@ -243,6 +243,10 @@ impl Controller {
         }
     }
 
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     fn opts() -> WriteOptions {
         WriteOptions {
             field_manager: Some(COMPONENT.into()),

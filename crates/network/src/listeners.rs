@@ -8,11 +8,12 @@
 //! keeper and answers them. The keeper lets go once no server has claimed
 //! its sockets for [`HOLD`], or at once on `kobune killall`.
 //!
-//! The protocol over `DIR/listeners.sock` is one byte per message, with the
-//! sockets as `SCM_RIGHTS`: the keeper greets every client with what it
-//! holds (`H`); a server then adds each socket it serves on (`A`) and says
-//! when it has started (`D`), after which the keeper holds only those;
-//! `kobune killall` asks it to stop (`S`).
+//! The protocol over `DIR/listeners.sock` (mode 0600, same user only) is
+//! one byte per message, with the sockets as `SCM_RIGHTS`: a client asks
+//! for what the keeper holds (`G`), the keeper hands it over (`H`) and from
+//! then on the client owns it; a server hands back each socket it serves on
+//! (`A`), which the keeper holds until the next hand-over; `kobune killall`
+//! asks it to stop (`S`).
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -53,9 +54,9 @@ pub const SOCKET: &str = "listeners.sock";
 pub const HOLD: Duration = Duration::from_secs(30);
 const MAX_FDS: usize = 16;
 
+const GIVE: u8 = b'G';
 const HELD: u8 = b'H';
 const ADD: u8 = b'A';
-const DONE: u8 = b'D';
 const STOP: u8 = b'S';
 
 fn send(s: &UnixStream, tag: u8, fds: &[OwnedFd]) -> io::Result<()> {
@@ -142,13 +143,9 @@ impl Listeners {
     /// Without a keeper (logged), sockets are bound anew and close with the
     /// process.
     pub fn kept(dir: &Path, spawn: impl FnOnce() -> io::Result<()>) -> io::Result<Listeners> {
-        let lock = std::fs::File::create(dir.join("listeners.lock"))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(io::Error::other(format!(
-                "another kobune server runs on {} ({e})",
-                dir.display()
-            )));
-        }
+        let lock = server_lock(dir)?.ok_or_else(|| {
+            io::Error::other(format!("another kobune server runs on {}", dir.display()))
+        })?;
         let mut l = Self::connect(dir, spawn).unwrap_or_else(|e| {
             tracing::warn!(
                 "no listener keeper for {} ({e}): Ingress and DNS sockets close while the server restarts",
@@ -205,7 +202,21 @@ impl Listeners {
                 s.set_nonblocking(true)?;
                 s
             }
-            None => bind(addr, ty, freebind)?,
+            None => match bind(addr, ty, freebind) {
+                // A held socket on the same port at another address (the
+                // bind address changed) is in the way: let it go.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.release(addr, ty) => {
+                    bind(addr, ty, freebind)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{e}: another process listens there (a kobune server on another data directory, or the listener keeper it left: `kobune killall --data-dir DIR` closes those)"),
+                    ))
+                }
+                Err(e) => return Err(e),
+                Ok(s) => s,
+            },
         };
         if let Some(k) = &self.keeper {
             if let Err(e) = sock.try_clone().and_then(|d| send(k, ADD, &[d.into()])) {
@@ -215,16 +226,47 @@ impl Listeners {
         Ok(sock)
     }
 
-    /// Start-up is over: the keeper now holds only the sockets taken since,
-    /// and closes the rest (an address the server no longer serves on).
+    /// Closes held sockets of `ty` on `addr`'s port; true if there were any.
+    fn release(&self, addr: SocketAddr, ty: Type) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let before = held.len();
+        held.retain(|s| {
+            s.r#type().ok() != Some(ty)
+                || s.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.port())
+                    != Some(addr.port())
+        });
+        held.len() < before
+    }
+
+    /// Start-up is over: the sockets not taken again (an address the
+    /// server no longer serves on) are closed.
     pub fn commit(&self) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        if let Some(k) = &self.keeper {
-            if let Err(e) = send(k, DONE, &[]) {
-                tracing::warn!("listener keeper: {e}");
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for s in held.drain(..) {
+            if let Ok(Some(a)) = s.local_addr().map(|a| a.as_socket()) {
+                tracing::info!("no longer serving on {a}: closed");
             }
         }
     }
+}
+
+/// Takes `DIR/listeners.lock`, held by a server for as long as it runs;
+/// None if another process holds it.
+fn server_lock(dir: &Path) -> io::Result<Option<std::fs::File>> {
+    let lock = std::fs::File::create(dir.join("listeners.lock"))?;
+    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(lock)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a server runs on `dir` (it holds `DIR/listeners.lock`).
+pub fn server_running(dir: &Path) -> bool {
+    dir.join("listeners.lock").exists() && matches!(server_lock(dir), Ok(None))
 }
 
 fn matches(s: &Socket, addr: SocketAddr, ty: Type) -> bool {
@@ -233,9 +275,10 @@ fn matches(s: &Socket, addr: SocketAddr, ty: Type) -> bool {
         && (ty != Type::STREAM || s.is_listener().unwrap_or(false))
 }
 
-/// Connects to a keeper and reads its greeting.
+/// Connects to a keeper and takes what it holds.
 fn greet(path: &Path) -> io::Result<(UnixStream, Vec<OwnedFd>)> {
     let s = UnixStream::connect(path)?;
+    send(&s, GIVE, &[])?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     match recv(&s)? {
         Some((HELD, fds)) => {
@@ -263,13 +306,21 @@ pub fn stop_keeper(dir: &Path) -> io::Result<bool> {
 /// claimed it for `hold`, or until asked to stop.
 pub fn keep(dir: &Path, hold: Duration) -> io::Result<()> {
     let path = dir.join(SOCKET);
-    if greet(&path).is_ok() {
+    if UnixStream::connect(&path).is_ok() {
         return Ok(()); // another keeper serves this directory
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")?.uid()
+    };
     let mut held: Vec<OwnedFd> = Vec::new();
-    let outcome = loop {
+    loop {
         if !readable(&listener, hold)? {
             if !held.is_empty() {
                 eprintln!(
@@ -278,35 +329,41 @@ pub fn keep(dir: &Path, hold: Duration) -> io::Result<()> {
                     hold.as_secs()
                 );
             }
-            break Ok(());
+            break;
         }
-        let (s, _) = listener.accept()?;
-        if send(&s, HELD, &held).is_err() {
+        let s = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                eprintln!("accepting a connection: {e}");
+                continue;
+            }
+        };
+        match rustix::net::sockopt::socket_peercred(&s) {
+            Ok(cred) if cred.uid.as_raw() == uid => {}
+            _ => continue,
+        }
+        // Only a client that asks in time gets the sockets.
+        let asked = s.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+            && matches!(recv(&s), Ok(Some((GIVE, _))));
+        if !asked || send(&s, HELD, &held).is_err() || s.set_read_timeout(None).is_err() {
             continue;
         }
-        // Held until the server has started, in case it fails before.
-        let mut fresh: Vec<OwnedFd> = Vec::new();
-        let mut committed = false;
+        // The client owns them now; a server hands back those it serves on.
+        held.clear();
         loop {
             match recv(&s) {
-                Ok(Some((ADD, fds))) if committed => held.extend(fds),
-                Ok(Some((ADD, fds))) => fresh.extend(fds),
-                Ok(Some((DONE, _))) => {
-                    held = std::mem::take(&mut fresh);
-                    committed = true;
-                }
+                Ok(Some((ADD, fds))) => held.extend(fds),
                 Ok(Some((STOP, _))) => {
                     let _ = std::fs::remove_file(&path);
                     return Ok(());
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break, // the server has gone
+                Ok(None) | Err(_) => break, // the client has gone
             }
         }
-        held.extend(fresh);
-    };
+    }
     let _ = std::fs::remove_file(&path);
-    outcome
+    Ok(())
 }
 
 /// Waits up to `timeout` for a connection to accept.
@@ -395,6 +452,33 @@ mod tests {
         drop((listener, conn, udp));
         TcpListener::bind(addr).expect("the keeper's sockets are closed once it stops");
         assert!(!stop_keeper(dir.path()).unwrap());
+    }
+
+    /// A socket held for another address on the same port (the bind
+    /// address changed) is let go for the new one; a client that does not
+    /// ask gets nothing and the sockets stay held.
+    #[test]
+    fn a_changed_address_takes_the_port_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = run_keeper(dir.path(), Duration::from_secs(10));
+        let first = Listeners::kept(dir.path(), || Ok(())).unwrap();
+        let any = first
+            .take("0.0.0.0:0".parse().unwrap(), Type::STREAM, false)
+            .unwrap();
+        let port = local(&any).port();
+        drop((any, first));
+        // A stray connection that never asks.
+        let stray = UnixStream::connect(dir.path().join(SOCKET)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(stray);
+        let second = Listeners::kept(dir.path(), || Ok(())).unwrap();
+        assert_eq!(second.held.lock().unwrap().len(), 1, "still held");
+        let lo: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tcp = second.take(lo, Type::STREAM, false).unwrap();
+        assert_eq!(local(&tcp), lo);
+        drop((tcp, second));
+        assert!(stop_keeper(dir.path()).unwrap());
+        keeper.join().unwrap().unwrap();
     }
 
     /// Unclaimed sockets are closed after the hold time; a server that dies

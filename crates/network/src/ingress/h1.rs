@@ -659,7 +659,7 @@ where
             return Outcome::Fallback(buf);
         };
         // Draining: this answer is the connection's last.
-        p.close |= *draining.borrow();
+        p.close |= ctl.is_draining();
         served += 1;
         buf.advance(head_len);
         match forward(ctl, io, &p, &head, &mut out, &mut timer).await {
@@ -739,7 +739,11 @@ where
                 },
             };
             match within(timer, p.timeout, exchange(&mut u, head, p.head_only, out)).await {
-                Some(Ok(h)) => return relay(ctl, io, ep, u, h, out, p.close).await,
+                // Draining: the answer says the connection closes after it.
+                Some(Ok(h)) => {
+                    let close = p.close || ctl.is_draining();
+                    return relay(ctl, io, ep, u, h, out, close).await;
+                }
                 Some(Err(true)) if reused => continue,
                 Some(Err(_)) => {
                     last_error = format!("upstream {ep}: connection closed before the response");
@@ -751,17 +755,19 @@ where
                         p.backend,
                         p.timeout.as_secs()
                     );
-                    io.write_all(&simple(504, "Gateway Timeout", &msg, p.close))
+                    let close = p.close || ctl.is_draining();
+                    io.write_all(&simple(504, "Gateway Timeout", &msg, close))
                         .await?;
-                    return Ok(true);
+                    return Ok(!close);
                 }
             }
         }
     }
     let msg = format!("502 Bad Gateway: service {}: {last_error}", p.backend);
-    io.write_all(&simple(502, "Bad Gateway", &msg, p.close))
+    let close = p.close || ctl.is_draining();
+    io.write_all(&simple(502, "Bad Gateway", &msg, close))
         .await?;
-    Ok(true)
+    Ok(!close)
 }
 
 /// Passes the response head and body to the client; the upstream

@@ -57,10 +57,13 @@ pub async fn serve(ctl: Arc<Controller>, listener: tokio::net::TcpListener, http
         tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     });
     let mut draining = ctl.draining.subscribe();
+    // Counted, so a drain waits until this loop has stopped accepting.
+    let _accepting = ctl.in_flight.enter();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            biased;
             _ = draining.wait_for(|d| *d) => return,
+            a = listener.accept() => a,
         };
         let (tcp, remote) = match accepted {
             Ok(c) => c,
@@ -117,18 +120,40 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut draining = ctl.draining.subscribe();
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = answered.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let ctl = ctl.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&ctl, req, conn).await) }
+        let (ctl, done) = (ctl.clone(), done.clone());
+        async move {
+            let http1 = req.version() < Version::HTTP_2;
+            let mut resp = handle(&ctl, req, conn).await;
+            // Draining: an HTTP/1 answer says the connection closes after it.
+            if http1 && ctl.is_draining() {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(served);
     tokio::select! {
+        biased;
         _ = served.as_mut() => return,
         _ = draining.wait_for(|d| *d) => {}
     }
-    // Draining: finish what is in flight, then close.
+    // Draining: a connection that has not answered a request yet (the one
+    // it was handed over for, or a new HTTP/2 one) answers one first, then
+    // it finishes what is in flight and closes.
+    while !answered.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::select! {
+            biased;
+            _ = served.as_mut() => return,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
     served.as_mut().graceful_shutdown();
     let _ = served.await;
 }
