@@ -25,12 +25,13 @@ pub fn pod_cache_key(ns: &str, name: &str) -> String {
 }
 
 pub trait PodCache: Send + Sync {
-    fn get(&self, key: &str) -> Option<Value>;
+    /// The pod at `key`, shared (not copied: workers read it every second).
+    fn get(&self, key: &str) -> Option<Arc<Value>>;
 }
 
 impl PodCache for Informer {
-    fn get(&self, key: &str) -> Option<Value> {
-        Informer::get(self, key).map(|v| (*v).clone())
+    fn get(&self, key: &str) -> Option<Arc<Value>> {
+        Informer::get(self, key)
     }
 }
 
@@ -88,6 +89,12 @@ pub trait NodeApi: Send + Sync + 'static {
     /// A ConfigMap, Secret, ServiceAccount, PersistentVolumeClaim or
     /// (with `ns` empty) PersistentVolume from a local copy.
     fn lookup(&self, kind: Lookup, ns: &str, name: &str) -> Option<Value>;
+    /// The resourceVersion of what [`NodeApi::lookup`] returns, without a copy.
+    fn lookup_version(&self, kind: Lookup, ns: &str, name: &str) -> Option<String> {
+        self.lookup(kind, ns, name)
+            .and_then(|o| o.pointer("/metadata/resourceVersion").cloned())
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
     /// Every object of a kind in namespace `ns`, from the same local copy.
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value>;
 }
@@ -455,6 +462,15 @@ impl NodeApi for LocalApi {
         let i = Lookup::ALL.iter().position(|k| *k == kind)?;
         let ns = kind.namespaced().then_some(ns);
         self.registry.get_cached(&self.lookups[i], ns, name).ok()
+    }
+
+    fn lookup_version(&self, kind: Lookup, ns: &str, name: &str) -> Option<String> {
+        let i = Lookup::ALL.iter().position(|k| *k == kind)?;
+        let ns = kind.namespaced().then_some(ns);
+        let o = self.registry.cache.get(&self.lookups[i].key(ns, name))?;
+        o.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {

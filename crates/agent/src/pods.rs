@@ -324,7 +324,7 @@ impl PodManager {
         str_at(pod, "/spec/nodeName") == self.node
     }
 
-    fn pod(&self, key: &str) -> Option<Value> {
+    fn pod(&self, key: &str) -> Option<Arc<Value>> {
         self.informer.get().and_then(|c| c.get(key))
     }
 
@@ -941,9 +941,24 @@ impl PodManager {
         let Some(v) = w.volumes.as_mut() else {
             return;
         };
+        // Files are made again only when what they are made from changed.
+        let version = |secret: bool, ns: &str, name: &str| {
+            let kind = if secret {
+                Lookup::Secret
+            } else {
+                Lookup::ConfigMap
+            };
+            self.api.lookup_version(kind, ns, name)
+        };
+        let inputs = crate::volumes::inputs(pod, &version, &tokens);
+        if v.inputs.as_ref() == Some(&inputs) {
+            v.tokens = tokens;
+            return;
+        }
         for name in v.refresh(pod, &self.object_lookup(), tokens) {
             tracing::debug!(volume = %name, "volume content updated");
         }
+        v.inputs = Some(inputs);
     }
 
     /// The service account tokens `pod`'s projected volumes need: those in

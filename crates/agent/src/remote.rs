@@ -353,6 +353,16 @@ impl NodeApi for RemoteApi {
         cache.lock().get(&format!("{ns}/{name}")).cloned()
     }
 
+    fn lookup_version(&self, kind: Lookup, ns: &str, name: &str) -> Option<String> {
+        let i = Lookup::ALL.iter().position(|k| *k == kind)?;
+        let cache = self.lookups.get()?.get(i)?;
+        let guard = cache.lock();
+        let o = guard.get(&format!("{ns}/{name}"))?;
+        o.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {
         let Some(cache) = Lookup::ALL
             .iter()
@@ -428,11 +438,11 @@ impl Sink for RemotePods {
 struct RemotePods {
     nodes: Arc<HashSet<String>>,
     handler: PodHandler,
-    objects: Mutex<HashMap<String, Value>>,
+    objects: Mutex<HashMap<String, Arc<Value>>>,
 }
 
 impl PodCache for RemotePods {
-    fn get(&self, key: &str) -> Option<Value> {
+    fn get(&self, key: &str) -> Option<Arc<Value>> {
         self.lock().get(key).cloned()
     }
 }
@@ -446,7 +456,7 @@ fn pod_key(pod: &Value) -> String {
 }
 
 impl RemotePods {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Value>>> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -461,7 +471,7 @@ impl RemotePods {
     fn apply(&self, pod: &Value, gone: bool) {
         let key = pod_key(pod);
         if !gone && self.ours(pod) {
-            self.lock().insert(key.clone(), pod.clone());
+            self.lock().insert(key.clone(), Arc::new(pod.clone()));
             (self.handler)(&key, pod, false);
         } else if self.lock().remove(&key).is_some() {
             (self.handler)(&key, pod, true);
@@ -471,7 +481,7 @@ impl RemotePods {
     /// Replaces everything with a fresh listing; pods missing from it are gone.
     fn replace(&self, items: &[Value]) {
         let listed: HashSet<String> = items.iter().map(pod_key).collect();
-        let vanished: Vec<(String, Value)> = self
+        let vanished: Vec<(String, Arc<Value>)> = self
             .lock()
             .iter()
             .filter(|(k, _)| !listed.contains(*k))

@@ -39,6 +39,50 @@ pub struct PodVolumes {
     written: HashMap<String, Payload>,
     /// The service account tokens in its projected volumes.
     pub tokens: Tokens,
+    /// The [`inputs`] the files were last made from.
+    pub inputs: Option<Vec<String>>,
+}
+
+/// The resourceVersion of a Secret (true) or ConfigMap in a namespace.
+pub type Version<'a> = &'a dyn Fn(bool, &str, &str) -> Option<String>;
+
+/// What `pod`'s payload volumes are made from: the pod's resourceVersion
+/// (downward API), the version of each ConfigMap and Secret they read, and
+/// the tokens. The same inputs make the same files.
+pub fn inputs(pod: &Value, version: Version<'_>, tokens: &Tokens) -> Vec<String> {
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut out = vec![str_at(pod, "/metadata/resourceVersion").to_string()];
+    let mut object = |src: &Value, secret: bool| {
+        let name = if secret {
+            src["secretName"].as_str().or_else(|| src["name"].as_str())
+        } else {
+            src["name"].as_str()
+        }
+        .unwrap_or_default();
+        let v = version(secret, ns, name).unwrap_or_default();
+        out.push(format!("{}/{name}={v}", if secret { "s" } else { "c" }));
+    };
+    for v in volumes(pod) {
+        if let Some(src) = v.get("configMap").filter(|x| x.is_object()) {
+            object(src, false);
+        } else if let Some(src) = v.get("secret").filter(|x| x.is_object()) {
+            object(src, true);
+        }
+        for s in v
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = s.get("configMap").filter(|x| x.is_object()) {
+                object(c, false);
+            } else if let Some(c) = s.get("secret").filter(|x| x.is_object()) {
+                object(c, true);
+            }
+        }
+    }
+    out.extend(tokens.iter().map(|(k, t)| format!("{k}={}", t.token)));
+    out
 }
 
 /// A service account token as issued for a projected volume.
@@ -597,6 +641,52 @@ pub fn atomic_write(dir: &Path, payload: &Payload) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inputs change with the pod, any ConfigMap or Secret a volume reads
+    /// (projected ones too) and the tokens; nothing else moves them.
+    #[test]
+    fn volume_inputs_follow_what_the_files_are_made_from() {
+        let mut pod = json!({
+            "metadata": {"namespace": "ns", "resourceVersion": "7"},
+            "spec": {"volumes": [
+                {"name": "cfg", "configMap": {"name": "c"}},
+                {"name": "sec", "secret": {"secretName": "s"}},
+                {"name": "api", "projected": {"sources": [
+                    {"configMap": {"name": "root-ca"}},
+                    {"serviceAccountToken": {"path": "token"}}
+                ]}},
+                {"name": "scratch", "emptyDir": {}}
+            ]}
+        });
+        let versions = std::cell::RefCell::new(HashMap::from([
+            ("c/c".to_string(), "1".to_string()),
+            ("s/s".to_string(), "2".to_string()),
+            ("c/root-ca".to_string(), "3".to_string()),
+        ]));
+        let version = |secret: bool, ns: &str, name: &str| {
+            assert_eq!(ns, "ns");
+            let key = format!("{}/{name}", if secret { "s" } else { "c" });
+            versions.borrow().get(&key).cloned()
+        };
+        let token = |t: &str| IssuedToken {
+            token: t.into(),
+            refresh_at: std::time::Instant::now(),
+        };
+        let mut tokens = Tokens::from([("api/token".to_string(), token("t1"))]);
+        let first = inputs(&pod, &version, &tokens);
+        assert_eq!(first, inputs(&pod, &version, &tokens));
+        versions.borrow_mut().insert("c/root-ca".into(), "4".into());
+        let second = inputs(&pod, &version, &tokens);
+        assert_ne!(first, second, "a projected ConfigMap changed");
+        versions.borrow_mut().remove("s/s");
+        let third = inputs(&pod, &version, &tokens);
+        assert_ne!(second, third, "a Secret went away");
+        tokens.insert("api/token".into(), token("t2"));
+        let fourth = inputs(&pod, &version, &tokens);
+        assert_ne!(third, fourth, "a token was renewed");
+        pod["metadata"]["resourceVersion"] = json!("8");
+        assert_ne!(fourth, inputs(&pod, &version, &tokens), "the pod changed");
+    }
 
     #[test]
     fn configmap_volume_updates_in_place() {
