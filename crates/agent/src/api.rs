@@ -92,11 +92,18 @@ pub trait NodeApi: Send + Sync + 'static {
     /// The resourceVersion of what [`NodeApi::lookup`] returns, without a copy.
     fn lookup_version(&self, kind: Lookup, ns: &str, name: &str) -> Option<String> {
         self.lookup(kind, ns, name)
-            .and_then(|o| o.pointer("/metadata/resourceVersion").cloned())
-            .and_then(|v| v.as_str().map(str::to_string))
+            .as_ref()
+            .and_then(resource_version)
     }
     /// Every object of a kind in namespace `ns`, from the same local copy.
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value>;
+}
+
+/// An object's `metadata.resourceVersion`.
+pub fn resource_version(o: &Value) -> Option<String> {
+    o.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// The objects a real node reads by name while running pods.
@@ -468,9 +475,7 @@ impl NodeApi for LocalApi {
         let i = Lookup::ALL.iter().position(|k| *k == kind)?;
         let ns = kind.namespaced().then_some(ns);
         let o = self.registry.cache.get(&self.lookups[i].key(ns, name))?;
-        o.pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        resource_version(&o)
     }
 
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {

@@ -357,10 +357,7 @@ impl NodeApi for RemoteApi {
         let i = Lookup::ALL.iter().position(|k| *k == kind)?;
         let cache = self.lookups.get()?.get(i)?;
         let guard = cache.lock();
-        let o = guard.get(&format!("{ns}/{name}"))?;
-        o.pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        crate::api::resource_version(guard.get(&format!("{ns}/{name}"))?)
     }
 
     fn lookup_all(&self, kind: Lookup, ns: &str) -> Vec<Value> {

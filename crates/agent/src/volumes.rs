@@ -53,12 +53,7 @@ pub fn inputs(pod: &Value, version: Version<'_>, tokens: &Tokens) -> Vec<String>
     let ns = str_at(pod, "/metadata/namespace");
     let mut out = vec![str_at(pod, "/metadata/resourceVersion").to_string()];
     let mut object = |src: &Value, secret: bool| {
-        let name = if secret {
-            src["secretName"].as_str().or_else(|| src["name"].as_str())
-        } else {
-            src["name"].as_str()
-        }
-        .unwrap_or_default();
+        let name = source_name(src, secret);
         let v = version(secret, ns, name).unwrap_or_default();
         out.push(format!("{}/{name}={v}", if secret { "s" } else { "c" }));
     };
@@ -343,6 +338,18 @@ fn mode_of(v: &Value, default: u32) -> u32 {
     v.as_u64().map(|m| m as u32 & 0o777).unwrap_or(default)
 }
 
+/// The object a configMap/secret source (volume or projection) reads: a
+/// secret volume names it `secretName`, a projection `name`.
+fn source_name(src: &Value, secret: bool) -> &str {
+    let name = src["name"].as_str();
+    if secret {
+        src["secretName"].as_str().or(name)
+    } else {
+        name
+    }
+    .unwrap_or_default()
+}
+
 /// The files of a configMap/secret source (volume or projection).
 fn object_files(
     src: &Value,
@@ -352,14 +359,7 @@ fn object_files(
     lookup: Lookup<'_>,
     out: &mut Payload,
 ) -> Result<(), String> {
-    let name = if secret {
-        src["secretName"]
-            .as_str()
-            .or_else(|| src["name"].as_str())
-            .unwrap_or_default()
-    } else {
-        src["name"].as_str().unwrap_or_default()
-    };
+    let name = source_name(src, secret);
     let optional = src["optional"].as_bool().unwrap_or(false);
     let word = if secret { "secret" } else { "configmap" };
     let Some(obj) = lookup(secret, ns, name) else {

@@ -97,7 +97,7 @@ fn recv(s: &UnixStream) -> io::Result<Option<(u8, Vec<OwnedFd>)>> {
 
 /// Binds a TCP listener (backlog 1024) or a UDP socket at `addr`, non-blocking.
 /// `freebind` allows an address the host does not have yet.
-pub fn bind(addr: SocketAddr, ty: Type, freebind: bool) -> io::Result<Socket> {
+fn bind(addr: SocketAddr, ty: Type, freebind: bool) -> io::Result<Socket> {
     let protocol = if ty == Type::DGRAM {
         Protocol::UDP
     } else {
@@ -231,12 +231,7 @@ impl Listeners {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let before = held.len();
         held.retain(|s| {
-            s.r#type().ok() != Some(ty)
-                || s.local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .map(|a| a.port())
-                    != Some(addr.port())
+            s.r#type().ok() != Some(ty) || local_addr(s).map(|a| a.port()) != Some(addr.port())
         });
         held.len() < before
     }
@@ -245,10 +240,8 @@ impl Listeners {
     /// server no longer serves on) are closed.
     pub fn commit(&self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        for s in held.drain(..) {
-            if let Ok(Some(a)) = s.local_addr().map(|a| a.as_socket()) {
-                tracing::info!("no longer serving on {a}: closed");
-            }
+        for a in held.drain(..).filter_map(|s| local_addr(&s)) {
+            tracing::info!("no longer serving on {a}: closed");
         }
     }
 }
@@ -269,9 +262,14 @@ pub fn server_running(dir: &Path) -> bool {
     dir.join("listeners.lock").exists() && matches!(server_lock(dir), Ok(None))
 }
 
+/// The IP address and port a socket is bound to.
+fn local_addr(s: &Socket) -> Option<SocketAddr> {
+    s.local_addr().ok()?.as_socket()
+}
+
 fn matches(s: &Socket, addr: SocketAddr, ty: Type) -> bool {
     s.r#type().ok() == Some(ty)
-        && s.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
+        && local_addr(s) == Some(addr)
         && (ty != Type::STREAM || s.is_listener().unwrap_or(false))
 }
 
@@ -392,7 +390,7 @@ mod tests {
     }
 
     fn local(s: &Socket) -> SocketAddr {
-        s.local_addr().unwrap().as_socket().unwrap()
+        local_addr(s).unwrap()
     }
 
     /// A connection made while no server runs is accepted by the next one,
